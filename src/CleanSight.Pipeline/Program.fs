@@ -1,6 +1,21 @@
 module CleanSight.Pipeline.Program
+
+open System
+open Argu
+open CleanSight.Core
+open CleanSight.Pipeline.Cli
+
+/// Every failure a user can cause ends here as one line on stderr and a non-zero exit.
 [<EntryPoint>]
-let main _ =
-    let t = TorchSharp.torch.ones(3L, 3L)
-    printfn "%A" (t.sum().item<float32>())
-    0
+let main argv =
+    CleanSight.Core.Native.TorchNative.Ensure()
+    try
+        match parser.ParseCommandLine(argv, raiseOnUsage = true).GetSubCommand() with
+        | Command.Generate args -> Generate.run args
+    with
+    | :? ArguParseException as e ->
+        eprintfn "%s" e.Message
+        2
+    | :? InputError as e ->
+        eprintfn "error: %s" e.Message
+        1

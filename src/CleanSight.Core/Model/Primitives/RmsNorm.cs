@@ -1,0 +1,29 @@
+using TorchSharp;
+using Parameter = TorchSharp.Modules.Parameter;
+using static TorchSharp.torch;
+
+namespace CleanSight.Core.Model.Primitives
+{
+    /// <summary>LLaMA RMSNorm. As in HF: normalise in fp32, cast back, then scale by the weight.</summary>
+    public sealed class RmsNorm : nn.Module<Tensor, Tensor>
+    {
+        readonly Parameter weight; // [D]
+        readonly double eps;
+
+        public RmsNorm(long dim, double eps, ScalarType dtype, Device device) : base(nameof(RmsNorm))
+        {
+            this.eps = eps;
+            weight = new Parameter(empty(new[] { dim }, dtype, device), requires_grad: false);
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor x)
+        {
+            using var scope = NewDisposeScope();
+            var x32 = x.to(ScalarType.Float32);
+            var variance = x32.pow(2).mean(new long[] { -1 }, keepdim: true);
+            var normed = (x32 * rsqrt(variance + eps)).to(x.dtype);
+            return (weight * normed).MoveToOuterDisposeScope();
+        }
+    }
+}
