@@ -56,7 +56,9 @@ let private openFails (path: string) =
 let private tinyCopy () =
     let dir = Fixtures.tempDir ()
     for file in Directory.GetFiles Fixtures.tinyLlava do
-        File.Copy(file, Path.Combine(dir, Path.GetFileName file))
+        let copy = Path.Combine(dir, Path.GetFileName file)
+        File.Copy(file, copy)
+        File.SetAttributes(copy, FileAttributes.Normal) // the fixture's files are read-only
     dir
 
 let private indexPath dir = Path.Combine(dir, CheckpointFiles.IndexFileName)
@@ -119,7 +121,7 @@ let private fixtureTests =
 
 let private writerTests =
     testList "writer" [
-        testCase "round trip of F32, F16, BF16, I64, BOOL, scalar, empty and non-contiguous tensors" <| fun () ->
+        testCase "round trip of F32, F16, BF16, I64, BOOL, scalar, empty, non-contiguous and trainable tensors" <| fun () ->
             let dir = Fixtures.tempDir ()
             let path = Path.Combine(dir, "adapter.safetensors")
             use f32 = torch.randn([| 3L; 5L |])
@@ -130,9 +132,11 @@ let private writerTests =
             use scalar = torch.tensor 3.5f
             use empty = torch.zeros([| 0L; 4L |])
             use transposed = f32.t ()
+            use trainable = torch.randn([| 2L; 3L |], requires_grad = true)
             let tensors =
                 [ struct ("z.f32", f32); struct ("a.f16", f16); struct ("m.bf16", bf16); struct ("i64", i64)
-                  struct ("flags", flags); struct ("scalar", scalar); struct ("empty", empty); struct ("transposed", transposed) ]
+                  struct ("flags", flags); struct ("scalar", scalar); struct ("empty", empty); struct ("transposed", transposed)
+                  struct ("trainable", trainable) ]
             SafetensorsFile.Write(path, tensors, dict [ "format", "pt"; "note", "héllo" ])
 
             let file = SafetensorsFile.Open path
@@ -353,7 +357,6 @@ let private hostileFolderTests =
         testCase "a hostile shard header is reported against the shard" <| fun () ->
             let dir = tinyCopy ()
             let shard = Path.Combine(dir, "model-00001-of-00002.safetensors")
-            File.SetAttributes(shard, FileAttributes.Normal)
             writeRaw shard (1UL <<< 40) [||] [||]
             inputError shard (fun () -> CheckpointFiles.Open dir |> ignore) |> ignore
     ]

@@ -48,7 +48,7 @@ namespace CleanSight.Core.Checkpoints
         {
             if (name == null) throw new ArgumentNullException(nameof(name));
             if (!Tensors.TryGetValue(name, out var entry))
-                throw new InputError(Root, $"checkpoint has no tensor named '{name}'");
+                throw new InputError(Root, $"checkpoint has no tensor named '{Printable(name)}'");
             return SafetensorsFile.Read(entry);
         }
 
@@ -97,7 +97,7 @@ namespace CleanSight.Core.Checkpoints
                 {
                     if (tensors.TryGetValue(name, out var other))
                         throw new InputError(shard.Path,
-                            $"tensor '{name}' is also in '{Path.GetFileName(other.File)}'; a tensor must be in one shard only");
+                            $"tensor '{Printable(name)}' is also in '{Printable(Path.GetFileName(other.File))}'; a tensor must be in one shard only");
                     tensors.Add(name, entry);
                 }
             }
@@ -120,7 +120,7 @@ namespace CleanSight.Core.Checkpoints
             foreach (var (tensor, shard) in weightMap)
             {
                 if (!shards[shard].Tensors.ContainsKey(tensor))
-                    throw new InputError(index, $"tensor '{tensor}' is listed in the index under shard '{shard}' but that shard does not contain it");
+                    throw new InputError(index, $"tensor '{Printable(tensor)}' is listed in the index under shard '{Printable(shard)}' but that shard does not contain it");
             }
             // Tensors a shard holds beyond those the index lists are kept, as transformers loads them too.
             return FromFiles(root, shards.Values.ToList());
@@ -163,9 +163,9 @@ namespace CleanSight.Core.Checkpoints
                 foreach (var item in map.EnumerateObject())
                 {
                     if (item.Value.ValueKind != JsonValueKind.String)
-                        throw new InputError(index, $"weight_map entry for '{item.Name}' is a JSON {item.Value.ValueKind.ToString().ToLowerInvariant()}, expected a shard file name");
+                        throw new InputError(index, $"weight_map entry for '{Printable(item.Name)}' is a JSON {item.Value.ValueKind.ToString().ToLowerInvariant()}, expected a shard file name");
                     if (!weightMap.TryAdd(item.Name, item.Value.GetString()))
-                        throw new InputError(index, $"weight_map lists tensor '{item.Name}' twice");
+                        throw new InputError(index, $"weight_map lists tensor '{Printable(item.Name)}' twice");
                 }
                 if (weightMap.Count == 0)
                     throw new InputError(index, "weight_map lists no tensors");
@@ -180,7 +180,7 @@ namespace CleanSight.Core.Checkpoints
                 throw new InputError(index, "weight_map names an empty shard file name");
             var segments = shard.Split('/', '\\');
             if (Path.IsPathRooted(shard) || segments.Contains(".."))
-                throw new InputError(index, $"shard name '{shard}' points outside the checkpoint folder; refused");
+                throw new InputError(index, $"shard name '{Printable(shard)}' points outside the checkpoint folder; refused");
 
             string full;
             try
@@ -189,16 +189,16 @@ namespace CleanSight.Core.Checkpoints
             }
             catch (Exception ex) when (ex is ArgumentException or NotSupportedException or PathTooLongException)
             {
-                throw new InputError(index, $"shard name '{shard}' is not a valid file name", ex);
+                throw new InputError(index, $"shard name '{Printable(shard)}' is not a valid file name", ex);
             }
             if (!full.StartsWith(root + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-                throw new InputError(index, $"shard name '{shard}' points outside the checkpoint folder; refused");
+                throw new InputError(index, $"shard name '{Printable(shard)}' points outside the checkpoint folder; refused");
             if (IsPickle(shard))
-                throw new InputError(index, PickleRefusal($"shard '{shard}' is a pickle file"));
+                throw new InputError(index, PickleRefusal($"shard '{Printable(shard)}' is a pickle file"));
             if (!shard.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
-                throw new InputError(index, $"shard '{shard}' is not a .safetensors file");
+                throw new InputError(index, $"shard '{Printable(shard)}' is not a .safetensors file");
             if (!File.Exists(full))
-                throw new InputError(index, $"shard '{shard}' named in the index is missing (expected at {full})");
+                throw new InputError(index, $"shard '{Printable(shard)}' named in the index is missing (expected at {Printable(full)})");
             return full;
         }
 
@@ -219,10 +219,14 @@ namespace CleanSight.Core.Checkpoints
             $"{what}; pickle checkpoints can execute code when loaded and are never loaded — " +
             "convert the checkpoint to safetensors (e.g. in Python: model.save_pretrained(folder, safe_serialization=True))";
 
+        static string Printable(string s) => SafetensorsFile.Printable(s);
+
         static bool IsPickle(string name) =>
             PickleExtensions.Any(ext => name.EndsWith(ext, StringComparison.OrdinalIgnoreCase));
 
         static string List(IReadOnlyList<string> names) =>
-            names.Count <= 5 ? string.Join(", ", names) : string.Join(", ", names.Take(5)) + $" and {names.Count - 5} more";
+            names.Count <= 5
+                ? string.Join(", ", names.Select(Printable))
+                : string.Join(", ", names.Take(5).Select(Printable)) + $" and {names.Count - 5} more";
     }
 }

@@ -191,7 +191,7 @@ namespace CleanSight.Core.Checkpoints
                     continue;
                 }
                 if (tensors.ContainsKey(name))
-                    throw new InputError(file, $"tensor '{name}' appears twice in the header");
+                    throw new InputError(file, $"tensor '{Printable(name)}' appears twice in the header");
 
                 var (dtype, shape, begin, end) = ParseEntry(file, name, property.Value, dataLength);
                 tensors.Add(name, new TensorEntry(name, dtype, shape, file, dataStart + begin, end - begin));
@@ -212,9 +212,9 @@ namespace CleanSight.Core.Checkpoints
             foreach (var item in value.EnumerateObject())
             {
                 if (item.Value.ValueKind != JsonValueKind.String)
-                    throw new InputError(file, $"\"__metadata__\" value for '{item.Name}' is a JSON {Kind(item.Value)}, expected a string");
+                    throw new InputError(file, $"\"__metadata__\" value for '{Printable(item.Name)}' is a JSON {Kind(item.Value)}, expected a string");
                 if (!metadata.TryAdd(item.Name, item.Value.GetString()))
-                    throw new InputError(file, $"\"__metadata__\" has key '{item.Name}' twice");
+                    throw new InputError(file, $"\"__metadata__\" has key '{Printable(item.Name)}' twice");
             }
             return metadata;
         }
@@ -222,12 +222,12 @@ namespace CleanSight.Core.Checkpoints
         static (string Dtype, long[] Shape, long Begin, long End) ParseEntry(string file, string name, JsonElement value, long dataLength)
         {
             if (value.ValueKind != JsonValueKind.Object)
-                throw new InputError(file, $"tensor '{name}': entry is a JSON {Kind(value)}, expected an object with \"dtype\", \"shape\" and \"data_offsets\"");
+                throw new InputError(file, $"tensor '{Printable(name)}': entry is a JSON {Kind(value)}, expected an object with \"dtype\", \"shape\" and \"data_offsets\"");
 
             var dtypeValue = Field(file, name, value, "dtype", JsonValueKind.String, "a string");
             var dtype = dtypeValue.GetString();
             if (!Dtypes.TryGetValue(dtype, out var info))
-                throw new InputError(file, $"tensor '{name}': unknown dtype \"{dtype}\" (supported: {SupportedDtypes})");
+                throw new InputError(file, $"tensor '{Printable(name)}': unknown dtype \"{Printable(dtype)}\" (supported: {SupportedDtypes})");
 
             var shapeValue = Field(file, name, value, "shape", JsonValueKind.Array, "an array of integers");
             var shape = new long[shapeValue.GetArrayLength()];
@@ -236,26 +236,26 @@ namespace CleanSight.Core.Checkpoints
             {
                 long d = Integer(file, name, $"shape[{i}]", dim);
                 if (d < 0)
-                    throw new InputError(file, $"tensor '{name}': shape[{i}] is {d}, a negative dimension");
+                    throw new InputError(file, $"tensor '{Printable(name)}': shape[{i}] is {d}, a negative dimension");
                 shape[i++] = d;
             }
 
             var offsetsValue = Field(file, name, value, "data_offsets", JsonValueKind.Array, "an array [begin, end]");
             if (offsetsValue.GetArrayLength() != 2)
-                throw new InputError(file, $"tensor '{name}': \"data_offsets\" has {offsetsValue.GetArrayLength()} elements, expected 2 [begin, end]");
+                throw new InputError(file, $"tensor '{Printable(name)}': \"data_offsets\" has {offsetsValue.GetArrayLength()} elements, expected 2 [begin, end]");
             long begin = Integer(file, name, "data_offsets[0]", offsetsValue[0]);
             long end = Integer(file, name, "data_offsets[1]", offsetsValue[1]);
             if (begin < 0 || end < 0)
-                throw new InputError(file, $"tensor '{name}': data_offsets [{begin}, {end}] are negative");
+                throw new InputError(file, $"tensor '{Printable(name)}': data_offsets [{begin}, {end}] are negative");
             if (end < begin)
-                throw new InputError(file, $"tensor '{name}': data_offsets [{begin}, {end}] end before they begin");
+                throw new InputError(file, $"tensor '{Printable(name)}': data_offsets [{begin}, {end}] end before they begin");
             if (end > dataLength)
-                throw new InputError(file, $"tensor '{name}': data_offsets [{begin}, {end}] run past the end of the data section ({dataLength} bytes)");
+                throw new InputError(file, $"tensor '{Printable(name)}': data_offsets [{begin}, {end}] run past the end of the data section ({dataLength} bytes)");
 
             BigInteger expected = info.Size;
             foreach (var d in shape) expected *= d;
             if (expected != end - begin)
-                throw new InputError(file, $"tensor '{name}': {dtype} shape [{string.Join(", ", shape)}] needs {expected} bytes but data_offsets [{begin}, {end}] hold {end - begin}");
+                throw new InputError(file, $"tensor '{Printable(name)}': {dtype} shape [{string.Join(", ", shape)}] needs {expected} bytes but data_offsets [{begin}, {end}] hold {end - begin}");
 
             return (dtype, shape, begin, end);
         }
@@ -263,16 +263,16 @@ namespace CleanSight.Core.Checkpoints
         static JsonElement Field(string file, string name, JsonElement entry, string field, JsonValueKind kind, string expected)
         {
             if (!entry.TryGetProperty(field, out var value))
-                throw new InputError(file, $"tensor '{name}': missing \"{field}\"");
+                throw new InputError(file, $"tensor '{Printable(name)}': missing \"{field}\"");
             if (value.ValueKind != kind)
-                throw new InputError(file, $"tensor '{name}': \"{field}\" is a JSON {Kind(value)}, expected {expected}");
+                throw new InputError(file, $"tensor '{Printable(name)}': \"{field}\" is a JSON {Kind(value)}, expected {expected}");
             return value;
         }
 
         static long Integer(string file, string name, string what, JsonElement value)
         {
             if (value.ValueKind != JsonValueKind.Number || !value.TryGetInt64(out var n))
-                throw new InputError(file, $"tensor '{name}': {what} is {Abbreviate(value.GetRawText())}, expected an integer that fits in 64 bits");
+                throw new InputError(file, $"tensor '{Printable(name)}': {what} is {Abbreviate(value.GetRawText())}, expected an integer that fits in 64 bits");
             return n;
         }
 
@@ -284,7 +284,7 @@ namespace CleanSight.Core.Checkpoints
             foreach (var r in ranges)
             {
                 if (furthest is { } f && r.Begin < f.End)
-                    throw new InputError(file, $"tensors '{f.Name}' [{f.Begin}, {f.End}] and '{r.Name}' [{r.Begin}, {r.End}] overlap");
+                    throw new InputError(file, $"tensors '{Printable(f.Name)}' [{f.Begin}, {f.End}] and '{Printable(r.Name)}' [{r.Begin}, {r.End}] overlap");
                 if (furthest == null || r.End > furthest.Value.End) furthest = r;
             }
         }
@@ -293,13 +293,28 @@ namespace CleanSight.Core.Checkpoints
 
         static string Abbreviate(string s) => s.Length <= 40 ? s : s[..40] + "…";
 
+        /// <summary>
+        /// A name from a file made safe to print in a one-line message: control characters
+        /// (newlines, terminal escapes) as \uXXXX, and at most 200 characters.
+        /// </summary>
+        internal static string Printable(string s)
+        {
+            if (s == null) return "(null)";
+            var shown = s.Length <= 200 ? s : s[..200] + "…";
+            if (!shown.Any(char.IsControl)) return shown;
+            var sb = new StringBuilder(shown.Length + 16);
+            foreach (var c in shown)
+                if (char.IsControl(c)) sb.Append($"\\u{(int)c:x4}"); else sb.Append(c);
+            return sb.ToString();
+        }
+
         // ------------------------------------------------------------------ reading
 
         /// <summary>Reads the tensor called <paramref name="name"/> from this file.</summary>
         public Tensor Read(string name) =>
             Tensors.TryGetValue(name, out var entry)
                 ? Read(entry)
-                : throw new InputError(Path, $"no tensor named '{name}'");
+                : throw new InputError(Path, $"no tensor named '{Printable(name)}'");
 
         /// <summary>
         /// Allocates a CPU tensor of the entry's dtype and shape and reads its bytes from the file
@@ -323,9 +338,9 @@ namespace CleanSight.Core.Checkpoints
                 long needed = entry.DataStart + entry.ByteLength;
                 if (stream.Length < needed)
                     throw new InputError(entry.File,
-                        $"truncated: tensor '{entry.Name}' needs bytes up to offset {needed} but the file has {stream.Length}");
+                        $"truncated: tensor '{Printable(entry.Name)}' needs bytes up to offset {needed} but the file has {stream.Length}");
                 stream.Position = entry.DataStart;
-                var what = $"tensor '{entry.Name}'";
+                var what = $"tensor '{Printable(entry.Name)}'";
                 ForEachChunk(tensor, span => ReadFully(stream, span, entry.File, what));
                 return tensor;
             }
@@ -421,8 +436,8 @@ namespace CleanSight.Core.Checkpoints
             {
                 if (name == null) throw new ArgumentException("a tensor name is null", nameof(tensors));
                 if (name == "__metadata__") throw new ArgumentException("\"__metadata__\" cannot name a tensor", nameof(tensors));
-                if (t is null) throw new ArgumentException($"tensor '{name}' is null", nameof(tensors));
-                if (!names.Add(name)) throw new ArgumentException($"tensor name '{name}' given twice", nameof(tensors));
+                if (t is null) throw new ArgumentException($"tensor '{Printable(name)}' is null", nameof(tensors));
+                if (!names.Add(name)) throw new ArgumentException($"tensor name '{Printable(name)}' given twice", nameof(tensors));
             }
             items.Sort((a, b) => string.CompareOrdinal(a.name, b.name));
 

@@ -32,7 +32,7 @@ namespace CleanSight.Core.Inference
         {
             Replace(ref keys[layer], k);
             Replace(ref values[layer], v);
-            Replace(ref masks[layer], keyMask);
+            Replace(ref masks[layer], keyMask?.alias()); // the state keeps (and frees) its own handle
         }
 
         /// <summary>Appends one decode step's key/value [1, Hkv, 1, d] to a layer.</summary>

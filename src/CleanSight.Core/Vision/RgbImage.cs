@@ -32,23 +32,22 @@ namespace CleanSight.Core.Vision
         public byte[] Pixels { get; }
 
         /// <summary>An image holding a copy of <paramref name="pixels"/> ([height, width, 3] HWC RGB bytes).</summary>
-        public RgbImage(int width, int height, byte[] pixels)
-            : this(width, height, (byte[])(pixels ?? throw new ArgumentNullException(nameof(pixels))).Clone(), 0) { }
+        public RgbImage(int width, int height, byte[] pixels) : this(width, height, pixels, copy: true) { }
 
-        // Takes ownership of pixels (no copy); the int only tells the two constructors apart.
-        RgbImage(int width, int height, byte[] pixels, int _)
+        RgbImage(int width, int height, byte[] pixels, bool copy)
         {
+            if (pixels == null) throw new ArgumentNullException(nameof(pixels));
             if (width <= 0 || height <= 0)
                 throw new ArgumentOutOfRangeException(nameof(width), $"image size {width}x{height} must be positive");
             if (pixels.LongLength != 3L * width * height)
                 throw new ArgumentException($"{width}x{height} RGB needs {3L * width * height} bytes, got {pixels.LongLength}", nameof(pixels));
             Width = width;
             Height = height;
-            Pixels = pixels;
+            Pixels = copy ? (byte[])pixels.Clone() : pixels;
         }
 
         /// <summary>Wraps <paramref name="pixels"/> without copying, for code in this assembly that just built the array.</summary>
-        internal static RgbImage Wrap(int width, int height, byte[] pixels) => new(width, height, pixels, 0);
+        internal static RgbImage Wrap(int width, int height, byte[] pixels) => new(width, height, pixels, copy: false);
 
         /// <summary>Channel <paramref name="c"/> (0 R, 1 G, 2 B) of the pixel in row <paramref name="y"/>, column <paramref name="x"/>.</summary>
         public byte this[int y, int x, int c] => Pixels[(y * Width + x) * 3 + c];
@@ -80,7 +79,7 @@ namespace CleanSight.Core.Vision
                     throw new InputError(path, $"image has zero size ({info.Width}x{info.Height})");
                 if ((long)info.Width * info.Height > maxPixels)
                     throw new InputError(path,
-                        $"image is {info.Width}x{info.Height} = {(long)info.Width * info.Height:N0} pixels, more than the {maxPixels:N0} allowed");
+                        $"image is {info.Width}x{info.Height} = {(long)info.Width * info.Height} pixels, more than the {maxPixels} allowed");
 
                 // ImageSharp fills missing data with zeros instead of failing, so check completeness first.
                 string truncated = format switch
@@ -122,7 +121,7 @@ namespace CleanSight.Core.Vision
                 if (!fi.Exists) throw new InputError(path, "image file not found");
                 if (fi.Length == 0) throw new InputError(path, "image file is empty");
                 if (fi.Length > MaxFileBytes)
-                    throw new InputError(path, $"image file is {fi.Length:N0} bytes, more than the {MaxFileBytes:N0} allowed");
+                    throw new InputError(path, $"image file is {fi.Length} bytes, more than the {MaxFileBytes} allowed");
                 return File.ReadAllBytes(path);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException or ArgumentException)

@@ -1,0 +1,113 @@
+/// The core against the fixture's independent PyTorch reference, and the invariants of the cache
+/// and of token exclusion through the real forward.
+module CleanSight.Tests.ModelTests
+
+open System
+open System.IO
+open System.Text.Json
+open Expecto
+open TorchSharp
+open CleanSight.Core.Checkpoints
+open CleanSight.Core.Inference
+open CleanSight.Core.Model
+open CleanSight.Core.Vision
+
+let private expected = lazy (JsonDocument.Parse(File.ReadAllText(Path.Combine(Fixtures.tinyLlava, "expected.json"))).RootElement)
+let private session = lazy (LlavaSession.Load Fixtures.tinyLlava)
+let private floats (e: JsonElement) = [| for x in e.EnumerateArray() -> x.GetDouble() |]
+let private ints (e: JsonElement) = [| for x in e.EnumerateArray() -> x.GetInt64() |]
+let private case i = expected.Value.GetProperty("cases").[i]
+let private image (c: JsonElement) = RgbImage.Load(Path.Combine(Fixtures.tinyLlava, c.GetProperty("image").GetString()))
+let private question () = expected.Value.GetProperty("prompt_question").GetString()
+let private promptIds () = session.Value.Prompt(question()).InputIds |> Array.map int64
+
+/// |a − b| ≤ tol · max(|b|, 1): relative, with a unit floor so near-zero values are not over-weighted.
+let private closeRel tol (actual: float[]) (reference: float[]) what =
+    Expect.equal actual.Length reference.Length $"{what}: length"
+    let worst = Array.map2 (fun (a: float) (b: float) -> abs (a - b) / max (abs b) 1.0) actual reference |> Array.max
+    Expect.isLessThanOrEqual worst tol $"{what}: worst relative difference {worst}"
+
+let private parity i =
+    let c = case i
+    let s = session.Value
+    let ids = promptIds ()
+    let gen = s.Generate(image c, question (), 6)
+    [ test "input ids identical" { Expect.sequenceEqual ids (ints (expected.Value.GetProperty "input_ids")) "ids" }
+      test "first-token logits within 1e-4" {
+          closeRel 1e-4 (gen.FirstTokenLogits |> Array.map float) (floats (c.GetProperty "first_token_logits")) "logits" }
+      test "6 greedy tokens identical" { Expect.sequenceEqual gen.OutputIds (ints (c.GetProperty "greedy_ids_6")) "greedy ids" }
+      test "visual-to-prompt ratios per layer and head within 1e-4" {
+          let layers = s.Config.Text.NumHiddenLayers
+          let policy = RecordingPolicy [ 0 .. layers - 1 ]
+          use pixels = s.Pixels(image c)
+          (s.Model.Prefill(ids, pixels, policy)).Cache.Dispose()
+          let first, last = AttentionRatio.ImageSpan(ids, int64 s.Config.ImageTokenIndex).ToTuple()
+          let reference = c.GetProperty "last_token_visual_to_prompt_ratio_per_layer_head"
+          for row in policy.Rows do
+              let ours = AttentionRatio.VisualToPrompt(row, first, last)
+              closeRel 1e-4 ours (floats reference.[row.Layer]) $"layer {row.Layer}"
+          Expect.equal policy.Rows.Count layers "one row per layer" } ]
+
+let private logitsClose (a: float32[]) (b: float32[]) what =
+    closeRel 1e-4 (Array.map float a) (Array.map float b) what
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "model" [
+        testList "parity with the fixture's PyTorch reference: probe_56.png" (parity 0)
+        testList "parity with the fixture's PyTorch reference: probe_90x64.png (resize + crop)" (parity 1)
+
+        test "cached decoding equals full recomputation" {
+            let s = session.Value
+            let ids = promptIds ()
+            use pixels = s.Pixels(image (case 1))
+            let pre = s.Model.Prefill(ids, pixels)
+            use cache = pre.Cache
+            let mutable seq = ids
+            let mutable logits = pre.Logits
+            for step in 0 .. 4 do
+                let next = Generator.ArgMax logits
+                seq <- Array.append seq [| next |]
+                let cached = s.Model.Decode(next, int64 (seq.Length - 1), cache)
+                let full = s.Model.Prefill(seq, pixels)
+                full.Cache.Dispose()
+                logitsClose cached full.Logits $"step {step}"
+                logits <- cached
+        }
+
+        test "excluding no tokens changes nothing" {
+            let s = session.Value
+            let ids = promptIds ()
+            use pixels = s.Pixels(image (case 0))
+            let plain = Generator.Greedy(s.Model, ids, pixels, 6)
+            let none = Generator.Greedy(s.Model, ids, pixels, 6, FixedExclusionPolicy(1, [||]))
+            Expect.sequenceEqual none.FirstTokenLogits plain.FirstTokenLogits "identical logits"
+            Expect.sequenceEqual none.OutputIds plain.OutputIds "identical tokens"
+        }
+
+        test "excluding tokens from layer l (dropped from the cache) equals the masking reference" {
+            let s = session.Value
+            let ids = promptIds ()
+            use pixels = s.Pixels(image (case 1))
+            let image = [| 0L .. int64 ids.Length - 1L |] |> Array.filter (fun p -> ids.[int p] = int64 s.Config.ImageTokenIndex)
+            for layer in 0 .. s.Config.Text.NumHiddenLayers - 1 do
+                let excluded = image |> Array.filter (fun p -> p % 3L = 0L)
+                let dropped = Generator.Greedy(s.Model, ids, pixels, 6, FixedExclusionPolicy(layer, excluded), ExclusionMode.Drop)
+                let masked = Generator.Greedy(s.Model, ids, pixels, 6, FixedExclusionPolicy(layer, excluded), ExclusionMode.Mask)
+                let plain = Generator.Greedy(s.Model, ids, pixels, 6)
+                logitsClose dropped.FirstTokenLogits masked.FirstTokenLogits $"layer {layer} logits"
+                Expect.sequenceEqual dropped.OutputIds masked.OutputIds $"layer {layer} tokens"
+                Expect.isFalse (dropped.FirstTokenLogits = plain.FirstTokenLogits) $"layer {layer}: exclusion must change the logits"
+        }
+
+        test "dropping shortens the cache of the affected layers only" {
+            let s = session.Value
+            let ids = promptIds ()
+            use pixels = s.Pixels(image (case 0))
+            let pre = s.Model.Prefill(ids, pixels, FixedExclusionPolicy(1, [| 5L; 6L; 7L |]))
+            use cache = pre.Cache
+            Expect.equal (cache.Length 0) (int64 ids.Length) "layer 0 keeps every key"
+            for l in 1 .. cache.Layers - 1 do
+                Expect.equal (cache.Length l) (int64 ids.Length - 3L) $"layer {l} lost three keys"
+        }
+    ]
