@@ -1,0 +1,46 @@
+// CleanSight build targets (FAKE 5 in `dotnet fsi`):  dotnet fsi build.fsx [-t TARGET]
+// One chain:  Restore ==> Build ==> Test ==> Scripts ==> Generate
+#r "nuget: Fake.Core.Target, 5.20.3"
+#r "nuget: Fake.Core.Process, 5.20.3"
+
+open System
+open Fake.Core
+open Fake.Core.TargetOperators
+
+let args = fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray
+let ctx = Context.FakeExecutionContext.Create false "build.fsx" args
+Context.setExecutionContext (Context.RuntimeContext.Fake ctx)
+
+let root = __SOURCE_DIRECTORY__
+let dotnet (argLine: string) =
+    let result =
+        CreateProcess.fromRawCommandLine "dotnet" argLine
+        |> CreateProcess.withWorkingDirectory root
+        |> Proc.run
+    if result.ExitCode <> 0 then failwithf "dotnet %s failed with exit code %d" argLine result.ExitCode
+
+let fixture = "tests/fixtures/tiny-llava-hf"
+
+Target.create "Restore" (fun _ ->
+    dotnet "tool restore"
+    dotnet "paket restore")
+
+Target.create "Build" (fun _ -> dotnet "build CleanSight.sln -c Release")
+
+// The README's test command.
+Target.create "Test" (fun _ -> dotnet "run --no-build --project tests/CleanSight.Tests -c Release -- --summary")
+
+// Every exploratory script and analysis must still run (they reference the Release build).
+Target.create "Scripts" (fun _ ->
+    for dir in [ "scripts"; "analysis" ] do
+        for script in IO.Directory.GetFiles(IO.Path.Combine(root, dir), "*.fsx") |> Array.sort do
+            Trace.log $"== {script}"
+            dotnet $"fsi --quiet {script}")
+
+// The main job on the embedded default (for now: generate on the fixture checkpoint).
+Target.create "Generate" (fun _ ->
+    dotnet $"run --no-build --project src/CleanSight.Pipeline -c Release -- generate --model {fixture} --image {fixture}/probe_56.png --prompt \"What is in the picture?\" --max-new-tokens 6")
+
+"Restore" ==> "Build" ==> "Test" ==> "Scripts" ==> "Generate" |> ignore
+
+Target.runOrDefaultWithArguments "Test"
