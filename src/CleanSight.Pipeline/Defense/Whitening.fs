@@ -1,0 +1,1 @@
+module CleanSight.Pipeline.Defense.Whitening

@@ -1,0 +1,1 @@
+module CleanSight.Pipeline.Metrics.Cider

@@ -1,0 +1,6 @@
+module CleanSight.Tests.DatasetTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "DatasetTests (todo)" []

@@ -1,0 +1,6 @@
+module CleanSight.Tests.MetricsTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "MetricsTests (todo)" []

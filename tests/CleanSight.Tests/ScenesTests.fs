@@ -1,0 +1,6 @@
+module CleanSight.Tests.ScenesTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "ScenesTests (todo)" []

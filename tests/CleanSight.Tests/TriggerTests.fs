@@ -1,0 +1,6 @@
+module CleanSight.Tests.TriggerTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "TriggerTests (todo)" []

@@ -1,0 +1,6 @@
+module CleanSight.Tests.WhiteningTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "WhiteningTests (todo)" []
