@@ -35,6 +35,7 @@ namespace CleanSight.Core.Model
         public ScalarType Dtype { get; }
         public Device Device { get; }
         public LlamaForCausalLM LanguageModel => language_model;
+        public ClipVisionTower VisionTower => vision_tower;
         public MultiModalProjector Projector => multi_modal_projector;
 
         /// <summary>pixels [B, 3, H, W] → projected image features [B, N, Dt].</summary>
