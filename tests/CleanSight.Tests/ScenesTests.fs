@@ -1,6 +1,139 @@
 module CleanSight.Tests.ScenesTests
 
+open System
+open System.IO
+open System.Text.RegularExpressions
 open Expecto
+open CleanSight.Core.Vision
+open CleanSight.Pipeline.Data
+open CleanSight.Pipeline.World
+open CleanSight.Pipeline.World.Scenes
+
+let private config = { FsCheckConfig.defaultConfig with maxTest = 30 }
+
+let private scene (seed: int) (index: int) = generate seed (abs index % 100_000)
+
+// An independent reading of a question: the objects it refers to, from the words it names.
+let private positionPattern =
+    Regex(@"\b(?:at|on|in) the (top left|top right|bottom left|bottom right|top|bottom|left|right|center)\b")
+
+/// The objects consistent with every shape, colour and position word in the question.
+let private referred (s: Scene) (question: string) =
+    let q = question.ToLowerInvariant()
+    let named (names: string[]) = names |> Array.tryFind (fun n -> Regex.IsMatch(q, $@"\b{n}(s|es)?\b"))
+    let position = positionPattern.Match q
+    s.Objects
+    |> List.filter (fun t ->
+        (named shapeNames |> Option.forall ((=) (shapeName t.Shape)))
+        && (named colourNames |> Option.forall ((=) (colourName t.Colour)))
+        && (not position.Success || position.Groups.[1].Value = positionName t))
+
+/// Whether the answer follows from the scene under that independent reading.
+let private answerable (s: Scene) (qa: Qa) =
+    let matches = referred s qa.Question
+    match qa.Kind with
+    | CountOf -> qa.Answer = countNames.[matches.Length]
+    | Exists -> qa.Answer = (if matches.IsEmpty then "no" else "yes")
+    | ColourOf -> matches.Length = 1 && qa.Answer = colourName matches.Head.Colour
+    | ShapeOf -> matches.Length = 1 && qa.Answer = shapeName matches.Head.Shape
+    | PositionOf -> matches.Length = 1 && qa.Answer = positionName matches.Head
+    | SizeOf -> matches.Length = 1 && qa.Answer = sizeName matches.Head.Size
+
+let private diff (a: RgbImage) (b: RgbImage) y x =
+    [ 0..2 ] |> List.sumBy (fun c -> abs (int a.[y, x, c] - int b.[y, x, c]))
 
 [<Tests>]
-let tests = testList "ScenesTests (todo)" []
+let tests =
+    testList "scenes" [
+        testPropertyWithConfig config "same seed and index give identical scenes, pixels and questions" <| fun (seed: int) (index: int) ->
+            let a, b = scene seed index, scene seed index
+            Expect.equal a b "scene"
+            Expect.sequenceEqual (render 48 a).Pixels (render 48 b).Pixels "pixels"
+            Expect.equal (vqaItems seed index a) (vqaItems seed index b) "questions"
+            Expect.equal (captions a) (captions b) "captions"
+        testPropertyWithConfig config "scenes are well formed: 1-3 objects in distinct cells, inside them" <| fun (seed: int) (index: int) ->
+            let s = scene seed index
+            Expect.isTrue (s.Objects.Length >= 1 && s.Objects.Length <= 3) "count"
+            Expect.equal (s.Objects |> List.distinctBy (fun t -> t.Row, t.Col)).Length s.Objects.Length "distinct cells"
+            for t in s.Objects do
+                let cell v i = v - t.Radius >= float i / 3.0 && v + t.Radius <= float (i + 1) / 3.0
+                Expect.isTrue (cell t.X t.Col && cell t.Y t.Row) $"object inside its cell: {t}"
+        test "different indices and seeds give different images" {
+            let img seed i = (render 48 (generate seed i)).Pixels
+            for i in 0..20 do
+                Expect.notEqual (img 1 i) (img 1 (i + 1)) $"index {i} vs {i + 1}"
+                Expect.notEqual (img 1 i) (img 2 i) $"seed 1 vs 2 at {i}"
+        }
+        test "a split regenerates alone, identical to the same indices built in a larger run" {
+            let spec = { defaultBuild with Seed = 5; CaptionShare = 0.3; Prefix = "val-" }
+            let all, part = Fixtures.tempDir (), Fixtures.tempDir ()
+            let big = build spec [ 0..11 ] all
+            let small = build spec [ 7..9 ] part
+            Expect.sequenceEqual small big.[7..9] "items"
+            for it in small do
+                Expect.sequenceEqual (File.ReadAllBytes(Path.Combine(part, it.Image))) (File.ReadAllBytes(Path.Combine(all, it.Image))) it.Image
+            Expect.equal (big |> Array.distinctBy (fun i -> i.Id)).Length big.Length "unique ids"
+            Expect.isTrue (big |> Array.exists (fun i -> i.Task = Dataset.Caption)) "some captions at share 0.3"
+            for it in big do
+                if it.Task = Dataset.Vqa then Expect.equal it.Answers.Length 10 "10 answers"
+            let path = Path.Combine(all, "val.jsonl")
+            Dataset.write path big
+            Expect.sequenceEqual (Dataset.read path) big "the built split is a valid dataset"
+        }
+        test "renders at other sizes" {
+            for size in [ 8; 48; 64; 336 ] do
+                let img = render size (generate 3 4)
+                Expect.equal (img.Width, img.Height) (size, size) $"size {size}"
+        }
+        testPropertyWithConfig config "patch labels agree with the rendering" <| fun (seed: int) (index: int) ->
+            let s = scene seed index
+            for size, patch in [ 48, 8; 48, 16; 64, 16 ] do
+                let img, bg = render size s, renderBackground size s
+                let labels = patchLabels size patch s
+                let n = size / patch
+                Expect.equal labels.Length (n * n) "one label per patch"
+                for k in 0 .. labels.Length - 1 do
+                    let pr, pc = k / n, k % n
+                    let changed =
+                        [ for y in pr * patch .. pr * patch + patch - 1 do
+                            for x in pc * patch .. pc * patch + patch - 1 do
+                                if diff img bg y x > 90 then yield img.[y, x, 0], img.[y, x, 1], img.[y, x, 2] ]
+                    let share = float changed.Length / float (patch * patch)
+                    match labels.[k] with
+                    | 0, 0 -> Expect.isLessThan share (patchCoverThreshold + 0.1) $"background patch {k} is mostly background"
+                    | shape, colour ->
+                        let owner = s.Objects |> List.find (fun t -> shapeClass t.Shape = shape && colourClass t.Colour = colour)
+                        Expect.isGreaterThan share 0.1 $"object patch {k} shows the object"
+                        let nearest (r: byte, g: byte, b: byte) =
+                            colours |> Array.minBy (fun c ->
+                                let v = colourValue c
+                                abs (v.R - float r) + abs (v.G - float g) + abs (v.B - float b))
+                        let votes = changed |> List.countBy nearest |> List.maxBy snd |> fst
+                        Expect.equal votes owner.Colour $"patch {k}'s changed pixels have the labelled colour"
+            // and the centre of each large object is labelled with it at patch 8 (not triangles: their
+            // area lies mostly below the centre of their bounding circle)
+            for t in s.Objects |> List.filter (fun t -> t.Size = Large && t.Shape <> Triangle) do
+                let k = int (t.Y * 6.0) * 6 + int (t.X * 6.0)
+                Expect.equal (patchLabels 48 8 s).[k] (shapeClass t.Shape, colourClass t.Colour) "centre patch"
+        testPropertyWithConfig config "every question is answerable from the scene" <| fun (seed: int) (index: int) ->
+            let s = scene seed index
+            let qas = vqaItems seed index s
+            for qa in qas do
+                Expect.isTrue (answerable s qa) $"{qa.Question} -> {qa.Answer} for {s.Objects}"
+                Expect.contains answerVocabulary qa.Answer "answer in the vocabulary"
+                Expect.isLessThanOrEqual (qa.Answer.Split(' ').Length) 2 "1-2 word answers"
+            let kinds = qas |> List.map (fun q -> q.Kind) |> set
+            Expect.isTrue (Set.isSubset (set [ ColourOf; ShapeOf; CountOf; SizeOf; Exists ]) kinds) "all types but position always asked"
+            Expect.equal (qas |> List.filter (fun q -> q.Kind = Exists) |> List.map (fun q -> q.Answer) |> List.sort) [ "no"; "yes" ] "one yes, one no"
+        testPropertyWithConfig config "the caption names every object and the background" <| fun (seed: int) (index: int) ->
+            let s = scene seed index
+            let c = caption s
+            for t in s.Objects do
+                Expect.stringContains c $"{sizeName t.Size} {colourName t.Colour} {shapeName t.Shape}" "object"
+            Expect.stringContains c (backgroundName s.Background + " background") "background"
+        test "questions have realistic lengths" {
+            let words = [ for i in 0..199 -> (item { defaultBuild with Seed = 9 } i).Question.Split(' ').Length ]
+            Expect.isGreaterThanOrEqual (List.max words) 14 "some long prompts"
+            Expect.isLessThanOrEqual (List.min words) 6 "some short prompts"
+        }
+    ]

@@ -92,8 +92,8 @@ let trainableParameters (model: torch.nn.Module) (trainable: string -> bool) =
 
 /// Runs the optimisation: `batchAt step` gives the step's batch, `lossOf` its loss tensor.
 /// Returns the loss of every step. `report step loss lr` is called after each step.
-let train (schedule: Schedule) (parameters: Modules.Parameter list) (batchAt: int -> Batch)
-          (lossOf: Batch -> torch.Tensor) (report: int -> float -> float -> unit) =
+let train (schedule: Schedule) (parameters: Modules.Parameter list) (batchAt: int -> 'batch)
+          (lossOf: 'batch -> torch.Tensor) (report: int -> float -> float -> unit) =
     let optimizer = torch.optim.AdamW(parameters, lr = schedule.PeakLr, weight_decay = schedule.WeightDecay)
     [| for step in 0 .. schedule.Steps - 1 do
            use scope = torch.NewDisposeScope()
