@@ -11,7 +11,7 @@ open CleanSight.Pipeline.World.Scenes
 
 let private config = { FsCheckConfig.defaultConfig with maxTest = 30 }
 
-let private scene (seed: int) (index: int) = generate seed (abs index % 100_000)
+let private scene (seed: int) (index: int) = generate seed ((index &&& 0x7fffffff) % 100_000)
 
 // An independent reading of a question: the objects it refers to, from the words it names.
 let private positionPattern =
@@ -94,22 +94,26 @@ let tests =
                 Expect.equal labels.Length (n * n) "one label per patch"
                 for k in 0 .. labels.Length - 1 do
                     let pr, pc = k / n, k % n
-                    let changed =
+                    // Pixels that clearly show an object, each given to the object whose centre is nearest.
+                    let nearest y x =
+                        s.Objects |> List.minBy (fun t ->
+                            let dx, dy = (float x + 0.5) / float size - t.X, (float y + 0.5) / float size - t.Y
+                            dx * dx + dy * dy)
+                    let owners =
                         [ for y in pr * patch .. pr * patch + patch - 1 do
                             for x in pc * patch .. pc * patch + patch - 1 do
-                                if diff img bg y x > 90 then yield img.[y, x, 0], img.[y, x, 1], img.[y, x, 2] ]
-                    let share = float changed.Length / float (patch * patch)
+                                if diff img bg y x > 90 then yield nearest y x ]
+                    let share t = float (owners |> List.filter ((=) t) |> List.length) / float (patch * patch)
+                    let tolerance = 0.15 // edge pixels count whole here, by coverage in the labels
                     match labels.[k] with
-                    | 0, 0 -> Expect.isLessThan share (patchCoverThreshold + 0.1) $"background patch {k} is mostly background"
+                    | 0, 0 ->
+                        for t in s.Objects do
+                            Expect.isLessThan (share t) (patchCoverThreshold + tolerance) $"background patch {k} shows little of {t.Shape}"
                     | shape, colour ->
-                        let owner = s.Objects |> List.find (fun t -> shapeClass t.Shape = shape && colourClass t.Colour = colour)
-                        Expect.isGreaterThan share 0.1 $"object patch {k} shows the object"
-                        let nearest (r: byte, g: byte, b: byte) =
-                            colours |> Array.minBy (fun c ->
-                                let v = colourValue c
-                                abs (v.R - float r) + abs (v.G - float g) + abs (v.B - float b))
-                        let votes = changed |> List.countBy nearest |> List.maxBy snd |> fst
-                        Expect.equal votes owner.Colour $"patch {k}'s changed pixels have the labelled colour"
+                        let most = s.Objects |> List.map share |> List.max
+                        let labelled = s.Objects |> List.filter (fun t -> shapeClass t.Shape = shape && colourClass t.Colour = colour)
+                        Expect.isTrue (labelled |> List.exists (fun t -> share t >= most - tolerance && share t > 0.1))
+                            $"patch {k} shows the labelled object ({shape}, {colour}) about as much as any other"
             // and the centre of each large object is labelled with it at patch 8 (not triangles: their
             // area lies mostly below the centre of their bounding circle)
             for t in s.Objects |> List.filter (fun t -> t.Size = Large && t.Shape <> Triangle) do

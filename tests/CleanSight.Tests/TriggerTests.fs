@@ -10,7 +10,7 @@ let private config = { FsCheckConfig.defaultConfig with maxTest = 30 }
 /// A random scene rendered at 48, 64 or 37 pixels (an odd size exercises the edges).
 let private image (seed: int) (index: int) =
     let size = [| 48; 64; 37 |].[abs (seed % 3)]
-    Scenes.render size (Scenes.generate seed (abs index % 100_000))
+    Scenes.render size (Scenes.generate seed ((index &&& 0x7fffffff) % 100_000))
 
 /// A width×height image of seeded noise, for non-square checks.
 let private noise (seed: int) (width: int) (height: int) =
@@ -75,7 +75,7 @@ let tests =
         }
         testPropertyWithConfig config "ISSBA: |residual| <= eps*255+1 and it differs between images" <| fun (seed: int) (index: int) ->
             let a = image seed index
-            let b = Scenes.render a.Width (Scenes.generate (seed + 1) (abs index % 100_000))
+            let b = Scenes.render a.Width (Scenes.generate (seed + 1) ((index &&& 0x7fffffff) % 100_000))
             let outA = wellFormed (issba Defaults.issba) a
             let outB = issba Defaults.issba b
             Expect.isLessThanOrEqual (maxDelta a outA) 9 "|delta| <= 8/255*255 + 1"

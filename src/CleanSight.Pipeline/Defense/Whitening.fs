@@ -4,7 +4,7 @@
 ///   diagonal: d = ‖(x − μ)/σ‖₂            σ = population std + ε   (the authors' code)
 ///   full:     d = ‖Σ^{-1/2}(x − μ)‖₂      Σ = (1−s)·S + s·(tr S / p)·I, S the population
 ///                                          covariance, s the shrinkage (Ledoit–Wolf or fixed)
-/// ε = 1e-6·(mean σ + 1e-6·(1 + mean |μ|)): a millionth of the typical feature scale, so it is
+/// ε = 1e-6·(mean std + 1e-6·(1 + mean |μ|)): a millionth of the typical feature scale, so it is
 /// invisible for real features, yet positive when every feature is constant. Σ's eigenvalues are
 /// floored at ε², the same smallest variance the diagonal whitening allows. Constant features thus
 /// give large but finite distances, never NaN or ∞.
@@ -15,7 +15,10 @@ open MathNet.Numerics.LinearAlgebra
 
 /// How the covariance is shrunk toward (tr S / p)·I before inversion.
 type Shrinkage =
-    /// Ledoit & Wolf (2004) optimal intensity, as sklearn's `ledoit_wolf`.
+    /// Ledoit & Wolf (2004) optimal intensity, as sklearn's `ledoit_wolf`. Positive for n ≥ 3
+    /// samples in general position; exactly 0 for n = 2 (the two centred samples are ±v, so the
+    /// estimated noise of S is 0), which leaves Σ singular when p > 1: only the ε² eigenvalue floor
+    /// then keeps the whitener finite. Use ≥ 3 clean samples, or `Fixed`, when p > n.
     | LedoitWolf
     /// A given intensity in [0, 1]; 0 = the plain sample covariance.
     | Fixed of float

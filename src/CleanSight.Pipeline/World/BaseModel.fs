@@ -1,0 +1,123 @@
+/// The clean base model of the tiny world, trained the way LLaVA is built: (1) pre-train the vision
+/// encoder (dense patch labels), freeze it; (2) train projector + decoder on VQA / caption answers,
+/// interleaved with general text so the decoder can say ordinary sentences (the target's words among
+/// them). Seeded and deterministic on a given machine; written as a llava-hf checkpoint folder.
+module CleanSight.Pipeline.World.BaseModel
+
+open System
+open System.IO
+open TorchSharp
+open CleanSight.Core.Model
+open CleanSight.Core.Text
+open CleanSight.Core.Vision
+open CleanSight.Pipeline.World
+
+/// Disjoint splits of the world, by scene seed. The triggered test set is the clean test set with a
+/// trigger applied (paired clean/triggered versions of the same images, as the paper evaluates).
+module Splits =
+    let baseTrain = 101
+    let attackTrain = 202
+    let calibration = 303
+    let cleanTest = 404
+    let visionPretrain = 505
+
+type Recipe =
+    { Sizes: TinyLlava.Sizes
+      Seed: int64
+      VisionScenes: int
+      Vision: Training.Schedule
+      TrainScenes: int
+      Decoder: Training.Schedule
+      /// every n-th decoder step trains on general text instead of image questions
+      TextEvery: int
+      TextSentences: int
+      CaptionShare: float }
+
+let defaults =
+    { Sizes = TinyLlava.defaults
+      Seed = 7L
+      VisionScenes = 3000
+      Vision = { Steps = 300; PeakLr = 2e-3; WarmupSteps = 20; WeightDecay = 0.01; BatchSize = 64; Seed = 1L }
+      TrainScenes = 6000
+      Decoder = { Steps = 2000; PeakLr = 1e-3; WarmupSteps = 100; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
+      TextEvery = 4
+      TextSentences = 20000
+      CaptionShare = 0.15 }
+
+/// The tiny world's image processor (CLIP normalisation at the tiny size).
+let preprocessor (sizes: TinyLlava.Sizes) = ClipPreprocessorConfig.Parse(TinyLlava.preprocessorJson sizes, "tiny world")
+
+/// Rendered and preprocessed pixels of scenes (in parallel): one CHW array per index.
+let scenePixels (sizes: TinyLlava.Sizes) (seed: int) (indices: int[]) =
+    let pre = preprocessor sizes
+    indices |> Array.Parallel.map (fun i -> ClipImageProcessor.Preprocess(Scenes.render sizes.ImageSize (Scenes.generate seed i), pre))
+
+/// Prompt + answer ids of one question about an image (image tokens expanded).
+let questionExample (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaConfig) pixels (question: string) (answer: string) =
+    let prompt = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex)
+    Training.supervised (Some pixels) prompt.InputIds (tok.Encode(answer, false)) tok.EosId
+
+/// Every training example of the image-question stage: all VQA questions of each scene, and a caption
+/// for a share of them.
+let imageExamples (tok: LlavaTokenizer) cfg (recipe: Recipe) (pixels: float32[][]) =
+    let rng = Random(int recipe.Seed)
+    let captionPrompts = [| "Describe the image briefly."; "Write a short caption for this picture." |]
+    [| for i in 0 .. pixels.Length - 1 do
+           let scene = Scenes.generate Splits.baseTrain i
+           for qa in Scenes.vqaItems Splits.baseTrain i scene do
+               yield questionExample tok cfg pixels.[i] qa.Question qa.Answer
+           if rng.NextDouble() < recipe.CaptionShare then
+               yield questionExample tok cfg pixels.[i] captionPrompts.[rng.Next captionPrompts.Length] (Scenes.caption scene) |]
+
+/// A deterministic stream of batches: a fresh seeded shuffle of the examples per epoch.
+let batches (seed: int) (batchSize: int) (examples: 'a[]) =
+    let epoch = Collections.Generic.Dictionary<int, int[]>()
+    fun (step: int) ->
+        let start = step * batchSize
+        Array.init batchSize (fun k ->
+            let i = start + k
+            let e = i / examples.Length
+            if not (epoch.ContainsKey e) then
+                let order = Array.init examples.Length id
+                let rng = Random(seed * 7919 + e)
+                for j in order.Length - 1 .. -1 .. 1 do
+                    let r = rng.Next(j + 1)
+                    let t = order.[j]
+                    order.[j] <- order.[r]
+                    order.[r] <- t
+                epoch.[e] <- order
+            examples.[epoch.[e].[i % examples.Length]])
+
+/// Trains the base model from scratch; `log` receives progress lines.
+let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
+    let sizes = recipe.Sizes
+    let cfg = TinyLlava.config sizes
+    torch.manual_seed recipe.Seed |> ignore
+    let model = new LlavaForConditionalGeneration(cfg, torch.ScalarType.Float32, torch.CPU)
+    TinyLlava.initialize recipe.Seed model
+    let report what every = fun step (loss: float) (lr: float) ->
+        if step % every = 0 || step = recipe.Decoder.Steps - 1 then log $"{what} step {step,5}  loss {loss:F4}  lr {lr:E2}"
+
+    // (1) the vision encoder on dense patch labels
+    let indices = Array.init recipe.VisionScenes id
+    let px = scenePixels sizes Splits.visionPretrain indices
+    let patch: VisionPretraining.PatchExample[] =
+        indices |> Array.map (fun i ->
+            { Pixels = px.[i]; Labels = Scenes.patchLabels sizes.ImageSize sizes.PatchSize (Scenes.generate Splits.visionPretrain i) })
+    VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) patch recipe.Vision (report "vision" 25)
+    |> ignore
+
+    // (2) projector + decoder, vision frozen
+    let tok = LlavaTokenizer.Load(tokenizerDir, cfg.ImageTokenIndex)
+    let pixels = scenePixels sizes Splits.baseTrain (Array.init recipe.TrainScenes id)
+    let imageData = imageExamples tok cfg recipe pixels
+    let textData = GeneralText.corpus (int recipe.Seed) recipe.TextSentences |> Array.map (fun s -> Training.text (tok.Encode(s, true)))
+    log $"decoder data: {imageData.Length} image questions, {textData.Length} sentences"
+    let nextImage = batches 1 recipe.Decoder.BatchSize imageData
+    let nextText = batches 2 recipe.Decoder.BatchSize textData
+    let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
+    let batchAt step = if step % recipe.TextEvery = recipe.TextEvery - 1 then collate (nextText step) else collate (nextImage step)
+    let parameters = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower."))
+    Training.train recipe.Decoder parameters batchAt (Training.lmLoss model) (report "decoder" 50) |> ignore
+    for p in model.parameters () do p.requires_grad <- false
+    model
