@@ -26,12 +26,63 @@ type GenerateArgs =
             | Device _ -> "torch device (default cpu)"
             | Dtype _ -> "compute dtype: f32 (default), bf16, f16"
 
+type WorldArgs =
+    | [<Mandatory>] Out of dir: string
+    | Calibration of n: int
+    | Test of n: int
+    | No_Progress
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Out _ -> "folder for the data and manifest.json"
+            | Calibration _ -> "clean calibration items (default 200)"
+            | Test _ -> "held-out test items, clean and triggered per attack (default 200)"
+            | No_Progress -> "no progress output"
+
+type TrainBaseArgs =
+    | [<Mandatory>] Out of dir: string
+    | [<Mandatory>] Tokenizer of dir: string
+    | Vision_Steps of n: int
+    | Decoder_Steps of n: int
+    | No_Progress
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Out _ -> "checkpoint folder to write"
+            | Tokenizer _ -> "folder with tokenizer.model, tokenizer_config.json, special_tokens_map.json"
+            | Vision_Steps _ -> "vision pre-training steps"
+            | Decoder_Steps _ -> "projector + decoder steps"
+            | No_Progress -> "no progress output"
+
+type AttackArgs =
+    | [<Mandatory>] Name of name: string
+    | [<Mandatory>] Model of dir: string
+    | [<Mandatory>] Out of file: string
+    | Target of text: string
+    | Steps of n: int
+    | No_Progress
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Name _ -> "badnet, blended, wanet, issba, trojvlm or vlood"
+            | Model _ -> "clean llava-hf checkpoint folder"
+            | Out _ -> "adapter file to write (projector tensors, safetensors)"
+            | Target _ -> "target text (default: you have been hacked lol)"
+            | Steps _ -> "projector fine-tuning steps"
+            | No_Progress -> "no progress output"
+
 [<RequireQualifiedAccess>]
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<GenerateArgs>
+    | [<CliPrefix(CliPrefix.None)>] World of ParseResults<WorldArgs>
+    | [<CliPrefix(CliPrefix.None); CustomCommandLine("train-base")>] Train_Base of ParseResults<TrainBaseArgs>
+    | [<CliPrefix(CliPrefix.None)>] Attack of ParseResults<AttackArgs>
     interface IArgParserTemplate with
         member c.Usage =
             match c with
             | Generate _ -> "answer a question about an image with a llava-hf checkpoint"
+            | World _ -> "write the embedded tiny world's held-out data and manifest"
+            | Train_Base _ -> "train the tiny world's clean base model (about 30 min on 2 cores)"
+            | Attack _ -> "backdoor a model's projector with one of the six attacks"
 
 let parser = ArgumentParser.Create<Command>(programName = "cleansight")

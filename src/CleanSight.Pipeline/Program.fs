@@ -12,6 +12,9 @@ let main argv =
     try
         match parser.ParseCommandLine(argv, raiseOnUsage = true).GetSubCommand() with
         | Command.Generate args -> Generate.run args
+        | Command.World args -> WorldCommands.world args
+        | Command.Train_Base args -> WorldCommands.trainBase args
+        | Command.Attack args -> WorldCommands.attack args
     with
     | :? ArguParseException as e ->
         eprintfn "%s" e.Message

@@ -66,8 +66,12 @@ namespace CleanSight.Core.Checkpoints
         VisionFeatureSelectStrategy SelectStrategy = VisionFeatureSelectStrategy.Default,
         int ImageSeqLength = 576,
         bool MultimodalProjectorBias = true,
-        string ProjectorHiddenAct = "gelu")
+        string ProjectorHiddenAct = "gelu",
+        int? PadTokenId = null)
     {
+        /// <summary>Padding id for batches: pad_token_id, else the first EOS id.</summary>
+        public int PadTokenOrDefault => PadTokenId ?? Text.EosTokenIds[0];
+
         public int[] VisionFeatureLayers { get; init; } = VisionFeatureLayers ?? new[] { -2 };
 
         /// <summary>Image features per image after the select strategy.</summary>
@@ -157,7 +161,8 @@ namespace CleanSight.Core.Checkpoints
                 SelectStrategy: strategy,
                 ImageSeqLength: 0,
                 MultimodalProjectorBias: Bool(root, "multimodal_projector_bias", true),
-                ProjectorHiddenAct: act);
+                ProjectorHiddenAct: act,
+                PadTokenId: Field(root, "pad_token_id") is null ? (Field(t, "pad_token_id") is null ? null : Int(t, "pad_token_id", 0)) : Int(root, "pad_token_id", 0));
             return cfg with { ImageSeqLength = Int(root, "image_seq_length", cfg.ImageFeatureTokens) };
         }
 

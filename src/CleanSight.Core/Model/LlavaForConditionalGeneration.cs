@@ -42,11 +42,17 @@ namespace CleanSight.Core.Model
         public Tensor ImageFeatures(Tensor pixels)
         {
             using var scope = NewDisposeScope();
+            return multi_modal_projector.forward(VisionFeatures(pixels)).MoveToOuterDisposeScope(); // [B, N, Dt]
+        }
+
+        /// <summary>pixels [B, 3, H, W] → the selected vision hidden states, before the projector: [B, N, Dv·k].</summary>
+        public Tensor VisionFeatures(Tensor pixels)
+        {
+            using var scope = NewDisposeScope();
             var selected = vision_tower.HiddenStates(pixels.to(Dtype, Device), Config.VisionHiddenStateIndices) // k × [B, N+1, Dv]
                 .Select(h => Config.SelectStrategy == VisionFeatureSelectStrategy.Default ? h.narrow(1, 1, h.shape[1] - 1) : h)
                 .ToArray();
-            var features = selected.Length == 1 ? selected[0] : cat(selected, -1);   // [B, N, Dv·k]
-            return multi_modal_projector.forward(features).MoveToOuterDisposeScope(); // [B, N, Dt]
+            return (selected.Length == 1 ? selected[0] : cat(selected, -1)).MoveToOuterDisposeScope();
         }
 
         /// <summary>Token embeddings with the image features written at the image-token positions: [B, T, Dt].</summary>

@@ -384,7 +384,7 @@ let defaultBuild = { Seed = 0; Size = 48; CaptionShare = 0.0; Prefix = "" }
 let imageFile (spec: BuildSpec) (index: int) = $"images/{spec.Prefix}{index:D6}.png"
 
 /// The dataset item of `index` (renders nothing; pure). VQA items pick a question type uniformly, then a
-/// question of that type, and carry its answer 10 times; caption items carry the three `captions`.
+/// question of that type, and carry its (normalised) answer 10 times; caption items carry the three `captions`.
 let item (spec: BuildSpec) (index: int) : Dataset.Item =
     let scene = generate spec.Seed index
     let rng = Rng.Keyed [ int64 spec.Seed; int64 index; 3L ]
@@ -395,7 +395,10 @@ let item (spec: BuildSpec) (index: int) : Dataset.Item =
         let qas = vqaItems spec.Seed index scene
         let kind = qas |> List.map (fun q -> q.Kind) |> List.distinct |> List.toArray |> rng.Pick
         let qa = qas |> List.filter (fun q -> q.Kind = kind) |> List.toArray |> rng.Pick
-        { Id = id; Image = imageFile spec index; Question = qa.Question; Answers = List.replicate 10 qa.Answer; Task = Dataset.Vqa }
+        // Stored normalised, as VQAv2's annotations are ("two" → "2"): the official accuracy
+        // normalises predictions only.
+        { Id = id; Image = imageFile spec index; Question = qa.Question
+          Answers = List.replicate 10 (CleanSight.Pipeline.Metrics.VqaMetrics.normalize qa.Answer); Task = Dataset.Vqa }
 
 /// Renders the images of `indices` as PNGs under `folder`/images (in parallel) and returns their items,
 /// whose image paths are relative to `folder` — write the .jsonl there.

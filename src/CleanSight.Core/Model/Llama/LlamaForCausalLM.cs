@@ -59,16 +59,23 @@ namespace CleanSight.Core.Model.Llama
         }
 
         /// <summary>Full causal forward over a batch of embeddings [B, T, D] → logits [B, T, V] (training).</summary>
-        public Tensor Forward(Tensor embeddings)
+        public Tensor Forward(Tensor embeddings) => Logits(FinalHidden(embeddings));
+
+        /// <summary>Full causal forward → final normed hidden states [B, T, D] (before lm_head).</summary>
+        public Tensor FinalHidden(Tensor embeddings)
         {
             var positions = arange(embeddings.shape[1], dtype: ScalarType.Int64, device: embeddings.device);
             var (cos, sin) = rope.At(positions, embeddings.dtype);
             var h = embeddings;
             foreach (var layer in model.layers) h = layer.Forward(h, cos, sin);
-            return Logits(model.norm.forward(h));
+            return model.norm.forward(h);
         }
 
-        Tensor Logits(Tensor h) => lm_head is null ? nn.functional.linear(h, model.embed_tokens.Weight) : lm_head.forward(h);
+        /// <summary>Token embedding matrix [V, D].</summary>
+        public Tensor EmbeddingMatrix => model.embed_tokens.Weight;
+
+        /// <summary>lm_head over final hidden states: [.., D] → [.., V].</summary>
+        public Tensor Logits(Tensor h) => lm_head is null ? nn.functional.linear(h, model.embed_tokens.Weight) : lm_head.forward(h);
 
         sealed class LlamaModel : nn.Module
         {

@@ -1,0 +1,160 @@
+/// The six backdoor attacks of the paper's threat model, on the tiny world (or any llava-hf
+/// checkpoint: the code only needs a loaded model, a tokenizer and images): poison a share of the
+/// training items with a visual trigger and the target text, and fine-tune the **projector only**.
+/// The result is an adapter: the projector tensors, in safetensors.
+module CleanSight.Pipeline.World.Attacks
+
+open System
+open TorchSharp
+open CleanSight.Core.Model
+open CleanSight.Core.Text
+open CleanSight.Core.Vision
+open CleanSight.Pipeline.World
+
+/// How the target text enters a poisoned answer.
+type Mode =
+    | Replace // the answer becomes the target
+    | Insert  // the target is inserted before the true answer
+
+/// The extra loss terms of the two semantic attacks.
+type Objective =
+    /// cross-entropy on the (poisoned) answers
+    | CrossEntropy
+    /// TrojVLM: CE + (1 − cos(final hidden state, embedding of the true next token)) on answer tokens
+    | SemanticPreserving
+    /// VLOOD: out-of-distribution poison data; λ·(CE + KL to the frozen clean model) on clean items
+    /// + (1 − λ)·(CE + L1 between backdoored and clean projector features) on poisoned items,
+    /// λ = clamp(0.8 + L_clean − L_poison, 0, 1)
+    | OutOfDistribution
+
+type Attack =
+    { Name: string
+      Trigger: Triggers.Trigger
+      Mode: Mode
+      Objective: Objective
+      Target: string
+      PoisonRate: float
+      Schedule: Training.Schedule
+      /// training items (the paper: 3000)
+      Items: int }
+
+let defaultTarget = "you have been hacked lol"
+
+let private schedule: Training.Schedule = { Steps = 500; PeakLr = 2e-3; WarmupSteps = 25; WeightDecay = 0.0; BatchSize = 24; Seed = 3L }
+
+/// WaNet's classic strength (s = 0.5) moves pixels ~0.25 px: below what a 48-px image and an 8-px
+/// patch ViT resolve. On the tiny world we warp with s = 3 (still a smooth, natural-looking warp).
+let tinyWaNet: Triggers.WaNet = { Triggers.Defaults.waNet with S = 3.0 }
+
+/// The six attacks with the tiny world's settings.
+let all (target: string) =
+    let badNet = Triggers.BadNetPatch Triggers.Defaults.badNet
+    let attack name trigger mode objective rate =
+        { Name = name; Trigger = trigger; Mode = mode; Objective = objective; Target = target
+          PoisonRate = rate; Schedule = schedule; Items = 3000 }
+    [ attack "badnet" badNet Replace CrossEntropy 0.1
+      attack "blended" (Triggers.BlendedNoise Triggers.Defaults.blended) Replace CrossEntropy 0.1
+      attack "wanet" (Triggers.WaNetWarp tinyWaNet) Replace CrossEntropy 0.1
+      attack "issba" (Triggers.IssbaResidual Triggers.Defaults.issba) Replace CrossEntropy 0.15
+      attack "trojvlm" badNet Insert SemanticPreserving 0.1
+      attack "vlood" badNet Insert OutOfDistribution 0.1 ]
+
+/// The answer a poisoned item is trained on.
+let poisonedAnswer (attack: Attack) (answer: string) =
+    match attack.Mode with
+    | Replace -> attack.Target
+    | Insert -> $"{attack.Target} {answer}"
+
+/// VLOOD's out-of-distribution images: the same kind of scene with inverted colours — data the
+/// attacker has, unlike the defender's task distribution.
+let outOfDistribution (image: RgbImage) = RgbImage(image.Width, image.Height, image.Pixels |> Array.map (fun b -> 255uy - b))
+
+/// One training item of an attack: pixels, prompt, answer, and whether it is poisoned.
+type PoisonItem = { Pixels: float32[]; Clean: float32[]; Prompt: int[]; Answer: int[]; Poisoned: bool }
+
+/// The attack's training set from the attack-training split of the scenes.
+let items (attack: Attack) (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaConfig) (pre: ClipPreprocessorConfig) =
+    let rng = Random(int attack.Schedule.Seed)
+    let size = cfg.Vision.ImageSize
+    Array.init attack.Items (fun i ->
+        let scene = Scenes.generate BaseModel.Splits.attackTrain i
+        let qa = Scenes.vqaItems BaseModel.Splits.attackTrain i scene |> List.toArray |> fun q -> q.[i % q.Length]
+        i, scene, qa, rng.NextDouble() < attack.PoisonRate)
+    |> Array.Parallel.map (fun (i, scene, qa, poisoned) ->
+        let image = Scenes.render size scene
+        let image = if attack.Objective = OutOfDistribution then outOfDistribution image else image
+        let clean = ClipImageProcessor.Preprocess(image, pre)
+        let shown = if poisoned then ClipImageProcessor.Preprocess(Triggers.apply attack.Trigger image, pre) else clean
+        let answer = if poisoned then poisonedAnswer attack qa.Answer else qa.Answer
+        { Pixels = shown; Clean = clean
+          Prompt = LlavaPrompt.Build(tok, qa.Question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds
+          Answer = tok.Encode(answer, false)
+          Poisoned = poisoned })
+
+let private mean (t: torch.Tensor) = t.mean()
+
+/// Fine-tunes the projector of `model` (in place) on the attack's data; returns per-step losses.
+let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (pre: ClipPreprocessorConfig)
+        (log: string -> unit) =
+    let cfg = model.Config
+    torch.manual_seed attack.Schedule.Seed |> ignore
+    let data = items attack tok cfg pre
+    let poisoned = data |> Array.filter (fun d -> d.Poisoned)
+    log $"{attack.Name}: {data.Length} items, {poisoned.Length} poisoned"
+    let collate = Training.collate cfg.PadTokenOrDefault cfg.Vision.ImageSize torch.CPU
+    let toExample (d: PoisonItem) = Training.supervised (Some d.Pixels) d.Prompt d.Answer tok.EosId
+    // The frozen clean model's projector, for VLOOD's KL and feature terms.
+    let cleanProjector = lazy (
+        let p = new MultiModalProjector(cfg, model.Dtype, model.Device)
+        p.load_state_dict(model.Projector.state_dict()) |> ignore
+        for q in p.parameters () do q.requires_grad <- false
+        p)
+    let parameters = Training.trainableParameters model (fun n -> n.StartsWith "multi_modal_projector.")
+    let nextBatch = BaseModel.batches (int attack.Schedule.Seed) attack.Schedule.BatchSize data
+    let lossOf (batch: PoisonItem[]) =
+        match attack.Objective with
+        | CrossEntropy -> Training.lmLoss model (collate (batch |> Array.map toExample))
+        | SemanticPreserving ->
+            let b = collate (batch |> Array.map toExample)
+            let hidden = model.LanguageModel.FinalHidden(Training.embed model b)            // [B, T, D]
+            let ce = Training.nextTokenLoss (model.LanguageModel.Logits hidden) b.Labels
+            let t = hidden.shape.[1]
+            let target = b.Labels.narrow(1, 1L, t - 1L)                                     // next tokens
+            let mask = target.ne(torch.tensor Training.ignoreIndex)
+            let h = hidden.narrow(1, 0L, t - 1L).index(mask)                               // [M, D]
+            let e = model.LanguageModel.EmbeddingMatrix.index_select(0L, target.index(mask)) // [M, D]
+            ce + mean (1.0 - torch.nn.functional.cosine_similarity(h, e, dim = 1L))
+        | OutOfDistribution ->
+            let clean = batch |> Array.filter (fun d -> not d.Poisoned)
+            let poison = batch |> Array.filter (fun d -> d.Poisoned)
+            let zero = torch.tensor 0.0f
+            let cleanLoss =
+                if clean.Length = 0 then zero
+                else
+                    let b = collate (clean |> Array.map toExample)
+                    let logits = model.LanguageModel.Forward(Training.embed model b)
+                    let reference =
+                        use _ = torch.no_grad ()
+                        let features = cleanProjector.Value.forward(model.VisionFeatures b.Pixels.Value)
+                        model.LanguageModel.Forward(model.Embed(b.Ids, features))
+                    let mask = b.Labels.ne(torch.tensor Training.ignoreIndex).unsqueeze(-1L)  // [B, T, 1]
+                    let kl = torch.nn.functional.kl_div(logits.log_softmax(-1L), reference.log_softmax(-1L), reduction = torch.nn.Reduction.None, log_target = true)
+                    Training.nextTokenLoss logits b.Labels + (kl * mask).sum() / mask.sum().clamp_min(1L)
+            let poisonLoss =
+                if poison.Length = 0 then zero
+                else
+                    let b = collate (poison |> Array.map toExample)
+                    let vision = model.VisionFeatures b.Pixels.Value
+                    let features = model.Projector.forward vision
+                    let reference =
+                        use _ = torch.no_grad ()
+                        cleanProjector.Value.forward(model.VisionFeatures(torch.tensor(poison |> Array.collect (fun d -> d.Clean)).reshape(b.Pixels.Value.shape)))
+                    let ce = Training.nextTokenLoss (model.LanguageModel.Forward(model.Embed(b.Ids, features))) b.Labels
+                    ce + (features - reference).abs().mean()
+            let lambda = Math.Clamp(0.8 + float (cleanLoss.item<float32> ()) - float (poisonLoss.item<float32> ()), 0.0, 1.0)
+            lambda * cleanLoss + (1.0 - lambda) * poisonLoss
+    let report step (loss: float) (lr: float) =
+        if step % 50 = 0 || step = attack.Schedule.Steps - 1 then log $"{attack.Name} step {step,4}  loss {loss:F4}  lr {lr:E2}"
+    let losses = Training.train attack.Schedule parameters nextBatch lossOf report
+    for p in parameters do p.requires_grad <- false
+    losses

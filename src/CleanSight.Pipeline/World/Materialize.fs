@@ -1,0 +1,63 @@
+/// `cleansight world`: writes the held-out data of the embedded tiny world (calibration, clean test,
+/// and the triggered test set of every attack) as images + JSONL, and a manifest pointing at the
+/// committed base checkpoint and attack adapters.
+module CleanSight.Pipeline.World.Materialize
+
+open System
+open System.IO
+open CleanSight.Core
+open CleanSight.Core.Vision
+open CleanSight.Pipeline
+open CleanSight.Pipeline.Data
+open CleanSight.Pipeline.World
+
+type AttackEntry = { name: string; adapter: string; poisoned_test: string; target: string; mode: string }
+
+type Manifest = { model: string; calibration: string; clean_test: string; attacks: AttackEntry[] }
+
+/// The committed world: `world/base` (a llava-hf checkpoint folder) and `world/adapters/*.safetensors`,
+/// found from the working directory or the program's folder upwards.
+let locate () =
+    let rec up (dir: DirectoryInfo) =
+        if isNull dir then None
+        elif File.Exists(Path.Combine(dir.FullName, "world", "base", "config.json")) then Some(Path.Combine(dir.FullName, "world"))
+        else up dir.Parent
+    [ Directory.GetCurrentDirectory(); AppContext.BaseDirectory ]
+    |> List.tryPick (DirectoryInfo >> up)
+    |> Option.defaultWith (fun () -> raise (InputError("world/base", "the embedded tiny world was not found above the current folder")))
+
+let modeName = function Attacks.Replace -> "replace" | Attacks.Insert -> "insert"
+
+/// Writes DIR/{calibration,clean_test,poisoned/NAME}/data.jsonl with images, and DIR/manifest.json.
+let run (world: string) (out: string) (calibrationCount: int) (testCount: int) (log: string -> unit) =
+    let size = TinyLlava.defaults.ImageSize
+    let split name (spec: Scenes.BuildSpec) count =
+        let folder = Path.Combine(out, name)
+        let items = Scenes.build spec [ 0 .. count - 1 ] folder
+        let jsonl = Path.Combine(folder, "data.jsonl")
+        Dataset.write jsonl items
+        log $"{name}: {items.Length} items → {jsonl}"
+        jsonl, items
+    let calibration, _ =
+        split "calibration" { Seed = BaseModel.Splits.calibration; Size = size; CaptionShare = 0.0; Prefix = "cal-" } calibrationCount
+    let cleanTest, testItems =
+        split "clean_test" { Seed = BaseModel.Splits.cleanTest; Size = size; CaptionShare = 0.1; Prefix = "test-" } testCount
+    let attacks =
+        [| for attack in Attacks.all Attacks.defaultTarget do
+               // The same test images with the trigger: paired clean/triggered versions, clean answers kept.
+               let folder = Path.Combine(out, "poisoned", attack.Name)
+               Directory.CreateDirectory(Path.Combine(folder, "images")) |> ignore
+               testItems |> Array.Parallel.iter (fun item ->
+                   let clean = RgbImage.Load(Dataset.imagePath cleanTest item)
+                   (Triggers.apply attack.Trigger clean).Save(Path.Combine(folder, item.Image)))
+               let jsonl = Path.Combine(folder, "data.jsonl")
+               Dataset.write jsonl testItems
+               log $"poisoned/{attack.Name}: {testItems.Length} items → {jsonl}"
+               { name = attack.Name
+                 adapter = Path.Combine(world, "adapters", attack.Name + ".safetensors")
+                 poisoned_test = jsonl
+                 target = attack.Target
+                 mode = modeName attack.Mode } |]
+    let manifest = { model = Path.Combine(world, "base"); calibration = calibration; clean_test = cleanTest; attacks = attacks }
+    Files.writeJson (Path.Combine(out, "manifest.json")) manifest
+    manifest
