@@ -1,0 +1,201 @@
+/// Calibrate: clean samples through the (possibly backdoored) model with the same prompt format →
+/// the clean reference (mean, σ or Σ^{-1/2}), the clean distances and the threshold at a target
+/// clean false-positive rate. Saved as a versioned JSON file that names the model it belongs to.
+module CleanSight.Pipeline.Defense.Calibration
+
+open System
+open System.IO
+open System.Security.Cryptography
+open System.Text
+open System.Text.Json
+open System.Text.Json.Nodes
+open TorchSharp
+open CleanSight.Core
+open CleanSight.Core.Inference
+open CleanSight.Core.Vision
+open CleanSight.Pipeline
+open CleanSight.Pipeline.Defense
+open CleanSight.Pipeline.Defense.Whitening
+
+type Settings =
+    { Layers: int[]
+      Feature: Feature
+      Whitening: Whitening
+      /// threshold quantile of the clean distances: 1 − target clean FPR
+      Quantile: float
+      Tau: Detector.Tau
+      Seed: int }
+
+let defaultSettings (numLayers: int) =
+    { Layers = Detector.defaultLayers numLayers; Feature = Ratio; Whitening = Diagonal
+      Quantile = 0.99; Tau = Detector.defaultTau; Seed = 0 }
+
+/// Which model a calibration belongs to: hashes of config.json, of the parameter names and shapes,
+/// and of the projector's values (the part an adapter changes).
+type Fingerprint = { Config: string; Tensors: string; Projector: string }
+
+type Calibration =
+    { Fingerprint: Fingerprint
+      Settings: Settings
+      Template: string
+      Samples: int
+      Reference: Reference
+      CleanDistances: float[]
+      Threshold: float }
+
+let formatName = "cleansight-calibration"
+let formatVersion = 1
+
+let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes).ToLowerInvariant()
+
+let fingerprint (session: LlavaSession) =
+    let names =
+        [ for struct (n, p) in session.Model.named_parameters () -> $"{n}:{String.Join('x', p.shape)}" ] |> String.concat "\n"
+    use projector = IncrementalHash.CreateHash HashAlgorithmName.SHA256
+    for struct (n, p) in session.Model.named_parameters () do
+        if n.StartsWith "multi_modal_projector." then
+            projector.AppendData(Encoding.UTF8.GetBytes n)
+            use cpu = p.detach().cpu().contiguous()
+            projector.AppendData(cpu.bytes.ToArray())
+    { Config = sha256 (File.ReadAllBytes(Path.Combine(session.Directory, "config.json")))
+      Tensors = sha256 (Encoding.UTF8.GetBytes names)
+      Projector = Convert.ToHexString(projector.GetHashAndReset()).ToLowerInvariant() }
+
+/// The image span (first, last position) of a prompt's ids.
+let imageSpan (session: LlavaSession) (ids: int64[]) =
+    let struct (first, last) = AttentionRatio.ImageSpan(ids, int64 session.Config.ImageTokenIndex)
+    first, last
+
+/// The detection feature vector of one input: one prefill observing the detection layers (no decode).
+let features (session: LlavaSession) (settings: Settings) (image: RgbImage) (question: string) =
+    use scope = torch.NewDisposeScope()
+    let ids = session.Prompt(question).InputIds |> Array.map int64
+    let first, last = imageSpan session ids
+    let policy = CleanSightPolicy.Policy(settings.Layers, settings.Feature, settings.Tau, first, last, None, false)
+    let prefilled = session.Model.Prefill(ids, session.Pixels image, policy)
+    prefilled.Cache.Dispose()
+    policy.Verdict.Features
+
+/// Fits the reference and threshold on clean feature vectors.
+let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clean: float[][]) =
+    let reference = fit settings.Whitening clean
+    let d = distances reference clean
+    { Fingerprint = fp; Settings = settings; Template = template; Samples = clean.Length
+      Reference = reference; CleanDistances = d; Threshold = threshold settings.Quantile d }
+
+/// Calibrates on clean (image, question) samples; `progress done total` after each.
+let calibrate (session: LlavaSession) (settings: Settings) (samples: (RgbImage * string)[]) (progress: int -> int -> unit) =
+    let clean =
+        samples |> Array.mapi (fun i (image, question) ->
+            let f = features session settings image question
+            progress (i + 1) samples.Length
+            f)
+    fromFeatures (fingerprint session) session.Template settings clean
+
+// ---- the file ----------------------------------------------------------------------------------
+
+let private arr (xs: float[]) = JsonArray(xs |> Array.map (fun x -> JsonValue.Create x :> JsonNode))
+let private matrix (m: float[][]) = JsonArray(m |> Array.map (fun r -> arr r :> JsonNode))
+let private obj (fields: (string * JsonNode) list) =
+    let o = JsonObject()
+    for k, v in fields do o.[k] <- v
+    o
+
+let featureName = function Ratio -> "ratio" | LogRatio -> "log-ratio" | VisualShare -> "visual-share"
+let parseFeature = function
+    | "ratio" -> Ratio | "log-ratio" -> LogRatio | "visual-share" -> VisualShare
+    | s -> invalidArg "feature" $"unknown feature '{s}' (ratio, log-ratio, visual-share)"
+let whiteningName = function Diagonal -> "diagonal" | Full _ -> "full"
+let tauJson = function
+    | Detector.Absolute t -> obj [ "kind", JsonValue.Create "absolute"; "value", JsonValue.Create t ]
+    | Detector.RelativeToUniform r -> obj [ "kind", JsonValue.Create "relative"; "value", JsonValue.Create r ]
+
+/// The JSON body (everything but the checksum).
+let private body (c: Calibration) =
+    let r = c.Reference
+    obj [ "format", JsonValue.Create formatName
+          "version", JsonValue.Create formatVersion
+          "model", obj [ "config_sha256", JsonValue.Create c.Fingerprint.Config
+                         "tensors_sha256", JsonValue.Create c.Fingerprint.Tensors
+                         "projector_sha256", JsonValue.Create c.Fingerprint.Projector ]
+          "prompt_template", JsonValue.Create c.Template
+          "layers", JsonArray(c.Settings.Layers |> Array.map (fun l -> JsonValue.Create l :> JsonNode))
+          "feature", JsonValue.Create(featureName c.Settings.Feature)
+          "whitening", JsonValue.Create(whiteningName c.Settings.Whitening)
+          "shrinkage", JsonValue.Create r.ShrinkageUsed
+          "quantile", JsonValue.Create c.Settings.Quantile
+          "tau", tauJson c.Settings.Tau
+          "seed", JsonValue.Create c.Settings.Seed
+          "samples", JsonValue.Create c.Samples
+          "threshold", JsonValue.Create c.Threshold
+          "mean", arr r.Mean
+          "std", arr r.Std
+          "epsilon", JsonValue.Create r.Epsilon
+          "eigenvalue_floor", JsonValue.Create r.EigenvalueFloor
+          "covariance", (match r.Covariance with Some m -> matrix m :> JsonNode | None -> null)
+          "whitener", (match r.Whitener with Some m -> matrix m :> JsonNode | None -> null)
+          "clean_distances", arr c.CleanDistances ]
+
+let private checksum (o: JsonObject) = sha256 (Encoding.UTF8.GetBytes(o.ToJsonString()))
+
+/// Writes the calibration atomically, with a checksum of its body (a tampered file is refused).
+let save (path: string) (c: Calibration) =
+    let o = body c
+    o.["sha256"] <- JsonValue.Create(checksum o)
+    Files.writeAtomic path (fun s ->
+        use w = new Utf8JsonWriter(s, JsonWriterOptions(Indented = true))
+        o.WriteTo w)
+
+/// Reads a calibration file; refuses a tampered file, another format or version, and (given the
+/// session it will be used with) a file made for another model.
+let load (path: string) (session: LlavaSession) : Calibration =
+    let fail problem = raise (InputError(path, problem))
+    if not (File.Exists path) then fail "calibration file not found"
+    let o =
+        try JsonNode.Parse(File.ReadAllText path) :?> JsonObject
+        with e -> fail $"not a calibration file (invalid JSON: {e.Message.Split('\n').[0]})"
+    try
+        if o.["format"].GetValue<string>() <> formatName then fail "not a CleanSight calibration file"
+        let version = o.["version"].GetValue<int>()
+        if version <> formatVersion then fail $"calibration format version {version} is not supported (expected {formatVersion})"
+        let stored = o.["sha256"].GetValue<string>()
+        let copy = o.DeepClone().AsObject()
+        copy.Remove "sha256" |> ignore
+        if checksum copy <> stored then fail "the file was modified after it was written (checksum mismatch)"
+        let m = o.["model"]
+        let fp = { Config = m.["config_sha256"].GetValue<string>(); Tensors = m.["tensors_sha256"].GetValue<string>()
+                   Projector = m.["projector_sha256"].GetValue<string>() }
+        let actual = fingerprint session
+        if fp.Tensors <> actual.Tensors || fp.Config <> actual.Config then
+            fail "made for another model (config or tensor layout differs)"
+        if fp.Projector <> actual.Projector then
+            fail "made for another model (its projector weights differ: another adapter or checkpoint)"
+        let floats (n: JsonNode) = n.AsArray() |> Seq.map (fun x -> x.GetValue<float>()) |> Seq.toArray
+        let mat (n: JsonNode) = if isNull n then None else Some(n.AsArray() |> Seq.map floats |> Seq.toArray)
+        let tau =
+            match o.["tau"].["kind"].GetValue<string>() with
+            | "absolute" -> Detector.Absolute(o.["tau"].["value"].GetValue<float>())
+            | _ -> Detector.RelativeToUniform(o.["tau"].["value"].GetValue<float>())
+        let whitening =
+            match o.["whitening"].GetValue<string>() with
+            | "diagonal" -> Diagonal
+            | _ -> Full(Fixed(o.["shrinkage"].GetValue<float>()))
+        let settings =
+            { Layers = o.["layers"].AsArray() |> Seq.map (fun x -> x.GetValue<int>()) |> Seq.toArray
+              Feature = parseFeature (o.["feature"].GetValue<string>())
+              Whitening = whitening
+              Quantile = o.["quantile"].GetValue<float>()
+              Tau = tau
+              Seed = o.["seed"].GetValue<int>() }
+        let samples = o.["samples"].GetValue<int>()
+        let reference =
+            { Whitening = whitening; Samples = samples; Mean = floats o.["mean"]; Std = floats o.["std"]
+              Epsilon = o.["epsilon"].GetValue<float>(); Covariance = mat o.["covariance"]; Whitener = mat o.["whitener"]
+              ShrinkageUsed = o.["shrinkage"].GetValue<float>(); EigenvalueFloor = o.["eigenvalue_floor"].GetValue<float>() }
+        if settings.Layers |> Array.exists (fun l -> l < 0 || l >= session.Config.Text.NumHiddenLayers) then
+            fail $"detection layers {settings.Layers} do not exist in a {session.Config.Text.NumHiddenLayers}-layer model"
+        { Fingerprint = fp; Settings = settings; Template = o.["prompt_template"].GetValue<string>(); Samples = samples
+          Reference = reference; CleanDistances = floats o.["clean_distances"]; Threshold = o.["threshold"].GetValue<float>() }
+    with
+    | :? InputError -> reraise ()
+    | e -> fail $"malformed calibration file ({e.GetType().Name}: {e.Message.Split('\n').[0]})"
