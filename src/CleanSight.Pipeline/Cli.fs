@@ -71,12 +71,76 @@ type AttackArgs =
             | Steps _ -> "projector fine-tuning steps"
             | No_Progress -> "no progress output"
 
+type CalibrateArgs =
+    | [<Mandatory>] Model of dir: string
+    | Adapter of file: string
+    | [<Mandatory>] Data of jsonl: string
+    | [<Mandatory>] Out of file: string
+    | Layers of csv: string
+    | Whitening of kind: string
+    | Fpr of rate: float
+    | Feature of kind: string
+    | Tau of value: float
+    | Tau_Relative of ratio: float
+    | Samples of n: int
+    | Seed of n: int
+    | No_Progress
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Model _ -> "llava-hf checkpoint folder"
+            | Adapter _ -> "projector adapter overlaid on the model"
+            | Data _ -> "clean samples (dataset JSONL)"
+            | Out _ -> "calibration file to write"
+            | Layers _ -> "detection layers, 0-indexed, e.g. 2,3,4 (default: 3 layers at the paper's relative depth)"
+            | Whitening _ -> "diagonal (default, the paper's code) or full (Ledoit-Wolf shrinkage)"
+            | Fpr _ -> "target clean false-positive rate (default 0.01 = the 0.99 quantile)"
+            | Feature _ -> "ratio (the paper's), log-ratio or visual-share"
+            | Tau _ -> "absolute purification threshold τ"
+            | Tau_Relative _ -> "τ relative to the uniform share 1/T (default 0.6)"
+            | Samples _ -> "use at most N clean samples (seeded choice)"
+            | Seed _ -> "seed of the sample choice (default 0)"
+            | No_Progress -> "no progress output"
+
+type EvaluateArgs =
+    | [<Mandatory>] Model of dir: string
+    | Adapter of file: string
+    | [<Mandatory>] Calibration of file: string
+    | [<Mandatory>] Clean of jsonl: string
+    | [<Mandatory>] Poisoned of jsonl: string
+    | [<Mandatory>] Target of text: string
+    | Mode of mode: string
+    | [<Mandatory>] Defense of csv: string
+    | Limit of n: int
+    | [<Mandatory>] Out of dir: string
+    | Max_New_Tokens of n: int
+    | Seed of n: int
+    | No_Progress
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Model _ -> "llava-hf checkpoint folder"
+            | Adapter _ -> "projector adapter overlaid on the model"
+            | Calibration _ -> "calibration file made for this model (cleansight calibrate)"
+            | Clean _ -> "clean test samples (dataset JSONL)"
+            | Poisoned _ -> "triggered test samples (dataset JSONL)"
+            | Target _ -> "the backdoor's target text (ASR: the output contains it)"
+            | Mode _ -> "replace or insert (how the attack places the target; informational)"
+            | Defense _ -> "none, blur, st, prune-all, random-prune, fastv, cleansight (comma-separated)"
+            | Limit _ -> "at most N samples of each set"
+            | Out _ -> "folder for metrics.json and samples.csv (re-running resumes)"
+            | Max_New_Tokens _ -> "greedy token budget (default 32)"
+            | Seed _ -> "seed of random pruning (default 0)"
+            | No_Progress -> "no progress output"
+
 [<RequireQualifiedAccess>]
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<GenerateArgs>
     | [<CliPrefix(CliPrefix.None)>] World of ParseResults<WorldArgs>
     | [<CliPrefix(CliPrefix.None); CustomCommandLine("train-base")>] Train_Base of ParseResults<TrainBaseArgs>
     | [<CliPrefix(CliPrefix.None)>] Attack of ParseResults<AttackArgs>
+    | [<CliPrefix(CliPrefix.None)>] Calibrate of ParseResults<CalibrateArgs>
+    | [<CliPrefix(CliPrefix.None)>] Evaluate of ParseResults<EvaluateArgs>
     interface IArgParserTemplate with
         member c.Usage =
             match c with
@@ -84,5 +148,7 @@ type Command =
             | World _ -> "write the embedded tiny world's held-out data and manifest"
             | Train_Base _ -> "train the tiny world's clean base model (about 30 min on 2 cores)"
             | Attack _ -> "backdoor a model's projector with one of the six attacks"
+            | Calibrate _ -> "fit CleanSight's clean reference and threshold on clean samples"
+            | Evaluate _ -> "measure attacks × defenses: ASR, utility, detection, cost"
 
 let parser = ArgumentParser.Create<Command>(programName = "cleansight")

@@ -15,6 +15,8 @@ let main argv =
         | Command.World args -> WorldCommands.world args
         | Command.Train_Base args -> WorldCommands.trainBase args
         | Command.Attack args -> WorldCommands.attack args
+        | Command.Calibrate args -> DefenseCommands.calibrate args
+        | Command.Evaluate args -> DefenseCommands.evaluate args
     with
     | :? ArguParseException as e ->
         eprintfn "%s" e.Message

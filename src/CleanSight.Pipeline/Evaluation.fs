@@ -1,0 +1,158 @@
+/// Evaluate: every (defense × split × sample) → one record, appended to samples.csv as soon as it
+/// exists (a kill -9 loses nothing already written; a re-run skips finished samples), then the
+/// metrics of every defense from the records → metrics.json.
+module CleanSight.Pipeline.Evaluation
+
+open System
+open System.Diagnostics
+open System.Globalization
+open System.IO
+open System.Text
+open TorchSharp
+open CleanSight.Core
+open CleanSight.Core.Inference
+open CleanSight.Core.Vision
+open CleanSight.Pipeline.Data
+open CleanSight.Pipeline.Defense
+open CleanSight.Pipeline.Metrics
+
+type Split = Clean | Poisoned
+
+let splitName = function Clean -> "clean" | Poisoned -> "poisoned"
+
+/// One sample under one defense.
+type Record =
+    { Defense: string
+      Split: string
+      Id: string
+      Task: string
+      Answers: string[]
+      Output: string
+      AsrHit: bool
+      Distance: float option
+      Flagged: bool
+      Pruned: int64[]
+      VisualTokens: int
+      Ms: float }
+
+// ---- samples.csv: the column names live here and nowhere else -----------------------------------
+
+let columns =
+    [| "defense"; "split"; "id"; "task"; "answers"; "output"; "asr_hit"; "distance"; "flagged"
+       "pruned_count"; "pruned_indices"; "visual_tokens"; "ms" |]
+
+let private quote (s: string) = "\"" + s.Replace("\"", "\"\"") + "\""
+let private inv (x: float) = x.ToString("R", CultureInfo.InvariantCulture)
+
+let toLine (r: Record) =
+    [ r.Defense; r.Split; r.Id; r.Task; String.Join("|", r.Answers); r.Output
+      (if r.AsrHit then "1" else "0"); (r.Distance |> Option.map inv |> Option.defaultValue "")
+      (if r.Flagged then "1" else "0"); string r.Pruned.Length; String.Join(" ", r.Pruned)
+      string r.VisualTokens; r.Ms.ToString("F3", CultureInfo.InvariantCulture) ]
+    |> List.map quote |> String.concat ","
+
+/// Splits one CSV line written by `toLine` (every field quoted).
+let private fields (line: string) =
+    let out = Collections.Generic.List<string>()
+    let sb = StringBuilder()
+    let mutable i = 0
+    let mutable inQuotes = false
+    while i < line.Length do
+        let c = line.[i]
+        if inQuotes then
+            if c = '"' && i + 1 < line.Length && line.[i + 1] = '"' then sb.Append('"') |> ignore; i <- i + 1
+            elif c = '"' then inQuotes <- false
+            else sb.Append c |> ignore
+        elif c = '"' then inQuotes <- true
+        elif c = ',' then out.Add(sb.ToString()); sb.Clear() |> ignore
+        else sb.Append c |> ignore
+        i <- i + 1
+    out.Add(sb.ToString())
+    out.ToArray()
+
+let ofLine (line: string) =
+    let f = fields line
+    if f.Length <> columns.Length then invalidArg "line" $"expected {columns.Length} fields, got {f.Length}"
+    { Defense = f.[0]; Split = f.[1]; Id = f.[2]; Task = f.[3]
+      Answers = (if f.[4] = "" then [||] else f.[4].Split('|')); Output = f.[5]; AsrHit = f.[6] = "1"
+      Distance = (if f.[7] = "" then None else Some(Double.Parse(f.[7], CultureInfo.InvariantCulture)))
+      Flagged = f.[8] = "1"
+      Pruned = (if f.[10] = "" then [||] else f.[10].Split(' ') |> Array.map int64)
+      VisualTokens = int f.[11]; Ms = Double.Parse(f.[12], CultureInfo.InvariantCulture) }
+
+/// Opens samples.csv for appending, returning the records already there. A last line cut short by
+/// a crash (no newline) is dropped; a file with another header is refused.
+let openStore (path: string) =
+    let header = String.Join(",", columns |> Array.map quote)
+    if File.Exists path then
+        let text = File.ReadAllText path
+        let complete = text.Substring(0, text.LastIndexOf('\n') + 1)
+        if complete.Length < text.Length then
+            use f = new FileStream(path, FileMode.Open)
+            f.SetLength(int64 (Encoding.UTF8.GetByteCount complete))
+        let lines = complete.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+        if lines.Length = 0 || lines.[0] <> header then
+            raise (InputError(path, "exists but is not a samples.csv of this version; use a new --out folder"))
+        let records = lines.[1..] |> Array.map ofLine
+        records, new StreamWriter(path, true, UTF8Encoding false)
+    else
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath path)) |> ignore
+        let w = new StreamWriter(path, false, UTF8Encoding false)
+        w.Write(header + "\n")
+        w.Flush()
+        [||], w
+
+/// Appends one record durably (flushed to disk before the next sample starts).
+let append (w: StreamWriter) (r: Record) =
+    w.Write(toLine r + "\n")
+    w.Flush()
+    (w.BaseStream :?> FileStream).Flush true
+
+// ---- running ------------------------------------------------------------------------------------
+
+type Settings =
+    { Defenses: Defenses.Defense list
+      Target: string
+      MaxNewTokens: int
+      Limit: int option
+      Seed: int }
+
+/// One sample under one defense.
+let runOne (session: LlavaSession) (calibration: Calibration.Calibration) (settings: Settings)
+           (defense: Defenses.Defense) (split: Split) (jsonl: string) (index: int) (item: Dataset.Item) =
+    use scope = torch.NewDisposeScope()
+    let clock = Stopwatch.StartNew()
+    let image = RgbImage.Load(Dataset.imagePath jsonl item) |> Defenses.transform defense
+    let ids = session.Prompt(item.Question).InputIds |> Array.map int64
+    let first, last = Calibration.imageSpan session ids
+    let policy, outcome = Defenses.policy defense calibration first last (settings.Seed * 1_000_003 + index)
+    let generation = Generator.Greedy(session.Model, ids, session.Pixels image, settings.MaxNewTokens, policy)
+    let output = session.Decode generation.OutputIds
+    let o = outcome ()
+    { Defense = Defenses.name defense; Split = splitName split; Id = item.Id; Task = Dataset.taskName item.Task
+      Answers = List.toArray item.Answers; Output = output
+      AsrHit = VqaMetrics.containsTarget settings.Target output
+      Distance = o.Distance; Flagged = o.Flagged; Pruned = o.Pruned
+      VisualTokens = int (last - first + 1L); Ms = clock.Elapsed.TotalMilliseconds }
+
+/// Runs every (defense × split × item) not already in samples.csv; returns all records.
+let run (session: LlavaSession) (calibration: Calibration.Calibration) (settings: Settings)
+        (clean: string) (poisoned: string) (samplesCsv: string) (progress: int -> int -> unit) =
+    let take (items: Dataset.Item[]) = match settings.Limit with Some n -> Array.truncate n items | None -> items
+    let sets = [ Clean, clean, take (Dataset.read clean); Poisoned, poisoned, take (Dataset.read poisoned) ]
+    let existing, writer = openStore samplesCsv
+    use writer = writer
+    let records = Collections.Generic.List<Record>(existing)
+    let done' = existing |> Array.map (fun r -> r.Defense, r.Split, r.Id) |> Collections.Generic.HashSet
+    let total = settings.Defenses.Length * (sets |> List.sumBy (fun (_, _, items) -> items.Length))
+    let mutable finished = 0
+    for defense in settings.Defenses do
+        for split, jsonl, items in sets do
+            items |> Array.iteri (fun i item ->
+                if not (done'.Contains((Defenses.name defense, splitName split, item.Id))) then
+                    let r = runOne session calibration settings defense split jsonl i item
+                    append writer r
+                    records.Add r
+                finished <- finished + 1
+                progress finished total)
+    records.ToArray()

@@ -1,0 +1,95 @@
+/// The per-defense numbers of an evaluation, from its records (the paper's Table 1 row per defense).
+module CleanSight.Pipeline.Summary
+
+open System.Text.Json
+open System.Text.Json.Nodes
+open CleanSight.Pipeline.Evaluation
+open CleanSight.Pipeline.Metrics
+
+/// Mean of a possibly empty set (None when empty).
+let private mean (xs: float[]) = if xs.Length = 0 then None else Some(Array.average xs)
+
+/// Utility of a set of records: official VQA accuracy over VQA items, its V-score, and CIDEr-D over
+/// caption items. `utility` is the VQA accuracy, or CIDEr-D when the set has only captions.
+type Utility = { Vqa: float option; VScore: float option; Cider: float option; Utility: float option }
+
+let utility (records: Record[]) =
+    let vqa = records |> Array.filter (fun r -> r.Task = "vqa")
+    let captions = records |> Array.filter (fun r -> r.Task = "caption")
+    let acc = vqa |> Array.map (fun r -> VqaMetrics.accuracy r.Answers r.Output) |> mean
+    let vs = vqa |> Array.map (fun r -> VqaMetrics.vScore r.Answers r.Output) |> mean
+    let cider = if captions.Length = 0 then None else Some(Cider.cider (captions |> Array.map (fun r -> r.Output, r.Answers)))
+    { Vqa = acc; VScore = vs; Cider = cider; Utility = (match acc with Some a -> Some a | None -> cider) }
+
+type DefenseMetrics =
+    { Asr: float option
+      CleanAsr: float option
+      Clean: Utility
+      Poisoned: Utility
+      Auroc: float option
+      Tpr: float option
+      Fpr: float option
+      PrunedFraction: float option
+      MsPerSample: float option
+      CleanSamples: int
+      PoisonedSamples: int }
+
+let ofDefense (records: Record[]) =
+    let clean = records |> Array.filter (fun r -> r.Split = "clean")
+    let poisoned = records |> Array.filter (fun r -> r.Split = "poisoned")
+    let rate (rs: Record[]) f = rs |> Array.map (fun r -> if f r then 1.0 else 0.0) |> mean
+    let detected = records |> Array.exists (fun r -> r.Distance.IsSome)
+    let distances (rs: Record[]) = rs |> Array.choose (fun r -> r.Distance)
+    { Asr = rate poisoned (fun r -> r.AsrHit)
+      CleanAsr = rate clean (fun r -> r.AsrHit)
+      Clean = utility clean
+      Poisoned = utility poisoned
+      Auroc =
+        if detected && clean.Length > 0 && poisoned.Length > 0
+        then Some(DetectionMetrics.auroc (distances clean) (distances poisoned)) else None
+      Tpr = if detected then rate poisoned (fun r -> r.Flagged) else None
+      Fpr = if detected then rate clean (fun r -> r.Flagged) else None
+      PrunedFraction = records |> Array.map (fun r -> float r.Pruned.Length / float (max 1 r.VisualTokens)) |> mean
+      MsPerSample = records |> Array.map (fun r -> r.Ms) |> mean
+      CleanSamples = clean.Length
+      PoisonedSamples = poisoned.Length }
+
+/// Metrics of every defense, in the order the defenses first appear.
+let ofRecords (records: Record[]) =
+    records |> Array.map (fun r -> r.Defense) |> Array.distinct
+    |> Array.map (fun d -> d, ofDefense (records |> Array.filter (fun r -> r.Defense = d)))
+
+let private num (x: float option) : JsonNode = match x with Some v when not (System.Double.IsNaN v) -> JsonValue.Create v | _ -> null
+
+/// metrics.json: {"defenses": {NAME: {"asr", "clean_asr", "clean_utility", "poisoned_utility", "auroc", …}}}
+let toJson (metrics: (string * DefenseMetrics)[]) =
+    let defenses = JsonObject()
+    for name, m in metrics do
+        let o = JsonObject()
+        o.["asr"] <- num m.Asr
+        o.["clean_asr"] <- num m.CleanAsr
+        o.["clean_utility"] <- num m.Clean.Utility
+        o.["poisoned_utility"] <- num m.Poisoned.Utility
+        o.["auroc"] <- num m.Auroc
+        o.["tpr"] <- num m.Tpr
+        o.["fpr"] <- num m.Fpr
+        o.["pruned_fraction"] <- num m.PrunedFraction
+        o.["ms_per_sample"] <- num m.MsPerSample
+        o.["clean_vqa_accuracy"] <- num m.Clean.Vqa
+        o.["clean_vscore"] <- num m.Clean.VScore
+        o.["clean_cider_d"] <- num m.Clean.Cider
+        o.["poisoned_vqa_accuracy"] <- num m.Poisoned.Vqa
+        o.["poisoned_vscore"] <- num m.Poisoned.VScore
+        o.["poisoned_cider_d"] <- num m.Poisoned.Cider
+        o.["clean_samples"] <- JsonValue.Create m.CleanSamples
+        o.["poisoned_samples"] <- JsonValue.Create m.PoisonedSamples
+        defenses.[name] <- o
+    let root = JsonObject()
+    root.["defenses"] <- defenses
+    root
+
+let write (path: string) (metrics: (string * DefenseMetrics)[]) =
+    let root = toJson metrics
+    CleanSight.Pipeline.Files.writeAtomic path (fun s ->
+        use w = new Utf8JsonWriter(s, JsonWriterOptions(Indented = true))
+        root.WriteTo w)
