@@ -37,10 +37,24 @@ Target.create "Scripts" (fun _ ->
             Trace.log $"== {script}"
             dotnet $"fsi --quiet {script}")
 
+let cleansight (argLine: string) = dotnet $"run --no-build --project src/CleanSight.Pipeline -c Release -- {argLine}"
+let attacks = [ "badnet"; "blended"; "wanet"; "issba"; "trojvlm"; "vlood" ]
+
+// The tiny world (committed; these targets rebuild it, seeded): the clean base (~30 min on 2 cores)…
+Target.create "TrainBase" (fun _ -> cleansight $"train-base --out world/base --tokenizer {fixture}")
+// …and each attack's projector adapter (≤ 10 min each).
+for a in attacks do
+    Target.create $"Attack-{a}" (fun _ ->
+        cleansight $"attack --name {a} --model world/base --out world/adapters/{a}.safetensors")
+Target.create "Attacks" ignore
+for a in attacks do $"Attack-{a}" ==> "Attacks" |> ignore
+
 // The main job on the embedded default (for now: generate on the fixture checkpoint).
 Target.create "Generate" (fun _ ->
     dotnet $"run --no-build --project src/CleanSight.Pipeline -c Release -- generate --model {fixture} --image {fixture}/probe_56.png --prompt \"What is in the picture?\" --max-new-tokens 6")
 
 "Restore" ==> "Build" ==> "Test" ==> "Scripts" ==> "Generate" |> ignore
+"Build" ==> "TrainBase" |> ignore
+for a in attacks do "Build" ==> $"Attack-{a}" |> ignore
 
 Target.runOrDefaultWithArguments "Test"

@@ -133,6 +133,17 @@ type EvaluateArgs =
             | Seed _ -> "seed of random pruning (default 0)"
             | No_Progress -> "no progress output"
 
+type DemoArgs =
+    | [<Mandatory>] Out of dir: string
+    | Test of n: int
+    | No_Progress
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Out _ -> "folder for report.html, frames/, manifest.json"
+            | Test _ -> "test samples per set (default 50)"
+            | No_Progress -> "no progress output"
+
 [<RequireQualifiedAccess>]
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<GenerateArgs>
@@ -141,6 +152,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Attack of ParseResults<AttackArgs>
     | [<CliPrefix(CliPrefix.None)>] Calibrate of ParseResults<CalibrateArgs>
     | [<CliPrefix(CliPrefix.None)>] Evaluate of ParseResults<EvaluateArgs>
+    | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
     interface IArgParserTemplate with
         member c.Usage =
             match c with
@@ -150,5 +162,6 @@ type Command =
             | Attack _ -> "backdoor a model's projector with one of the six attacks"
             | Calibrate _ -> "fit CleanSight's clean reference and threshold on clean samples"
             | Evaluate _ -> "measure attacks × defenses: ASR, utility, detection, cost"
+            | Demo _ -> "the whole story on the embedded tiny world, as report.html"
 
 let parser = ArgumentParser.Create<Command>(programName = "cleansight")

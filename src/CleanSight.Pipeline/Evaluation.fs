@@ -45,10 +45,10 @@ let private quote (s: string) = "\"" + s.Replace("\"", "\"\"") + "\""
 let private inv (x: float) = x.ToString("R", CultureInfo.InvariantCulture)
 
 let toLine (r: Record) =
-    [ r.Defense; r.Split; r.Id; r.Task; String.Join("|", r.Answers); r.Output
+    [ r.Defense; r.Split; r.Id; r.Task; Json.JsonSerializer.Serialize r.Answers; r.Output
       (if r.AsrHit then "1" else "0"); (r.Distance |> Option.map inv |> Option.defaultValue "")
       (if r.Flagged then "1" else "0"); string r.Pruned.Length; String.Join(" ", r.Pruned)
-      string r.VisualTokens; r.Ms.ToString("F3", CultureInfo.InvariantCulture) ]
+      string r.VisualTokens; inv r.Ms ]
     |> List.map quote |> String.concat ","
 
 /// Splits one CSV line written by `toLine` (every field quoted).
@@ -74,11 +74,26 @@ let ofLine (line: string) =
     let f = fields line
     if f.Length <> columns.Length then invalidArg "line" $"expected {columns.Length} fields, got {f.Length}"
     { Defense = f.[0]; Split = f.[1]; Id = f.[2]; Task = f.[3]
-      Answers = (if f.[4] = "" then [||] else f.[4].Split('|')); Output = f.[5]; AsrHit = f.[6] = "1"
+      Answers = Json.JsonSerializer.Deserialize<string[]> f.[4]; Output = f.[5]; AsrHit = f.[6] = "1"
       Distance = (if f.[7] = "" then None else Some(Double.Parse(f.[7], CultureInfo.InvariantCulture)))
       Flagged = f.[8] = "1"
       Pruned = (if f.[10] = "" then [||] else f.[10].Split(' ') |> Array.map int64)
       VisualTokens = int f.[11]; Ms = Double.Parse(f.[12], CultureInfo.InvariantCulture) }
+
+/// Splits text into records at '\n' outside quotes (a quoted field may hold newlines, as in RFC 4180);
+/// returns the complete records and the length of the text they span (up to their last '\n').
+let private records (text: string) =
+    let out = Collections.Generic.List<string>()
+    let mutable start = 0
+    let mutable inQuotes = false
+    for i in 0 .. text.Length - 1 do
+        match text.[i] with
+        | '"' -> inQuotes <- not inQuotes
+        | '\n' when not inQuotes ->
+            out.Add(text.Substring(start, i - start))
+            start <- i + 1
+        | _ -> ()
+    out.ToArray(), start
 
 /// Opens samples.csv for appending, returning the records already there. A last line cut short by
 /// a crash (no newline) is dropped; a file with another header is refused.
@@ -86,11 +101,12 @@ let openStore (path: string) =
     let header = String.Join(",", columns |> Array.map quote)
     if File.Exists path then
         let text = File.ReadAllText path
-        let complete = text.Substring(0, text.LastIndexOf('\n') + 1)
+        let lines, completeLength = records text
+        let complete = text.Substring(0, completeLength)
         if complete.Length < text.Length then
             use f = new FileStream(path, FileMode.Open)
             f.SetLength(int64 (Encoding.UTF8.GetByteCount complete))
-        let lines = complete.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+        let lines = lines |> Array.filter (fun l -> l <> "")
         if lines.Length = 0 || lines.[0] <> header then
             raise (InputError(path, "exists but is not a samples.csv of this version; use a new --out folder"))
         let records = lines.[1..] |> Array.map ofLine

@@ -17,6 +17,12 @@ let main argv =
         | Command.Attack args -> WorldCommands.attack args
         | Command.Calibrate args -> DefenseCommands.calibrate args
         | Command.Evaluate args -> DefenseCommands.evaluate args
+        | Command.Demo args ->
+            let out = args.GetResult DemoArgs.Out
+            let s = { Demo.defaults out with Test = args.GetResult(DemoArgs.Test, 50) }
+            Demo.run s (Progress.logger (args.Contains DemoArgs.No_Progress)) |> ignore
+            printfn "%s" (System.IO.Path.Combine(out, "report.html"))
+            0
     with
     | :? ArguParseException as e ->
         eprintfn "%s" e.Message

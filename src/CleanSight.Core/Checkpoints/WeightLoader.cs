@@ -46,8 +46,9 @@ namespace CleanSight.Core.Checkpoints
             var names = parameters.Select(p => p.name).ToHashSet();
             var unexpected = byClassic.Keys.Where(k => !names.Contains(k) && !Ignorable(k)).OrderBy(k => k).ToList();
             if (unexpected.Count > 0)
-                throw new InputError(files.Root, $"{unexpected.Count} tensor(s) this model does not have, e.g. '{unexpected[0]}'" +
-                                                     (onlyPrefix is null ? "" : $" (expected only '{onlyPrefix}*')"));
+                throw new InputError(files.Root, onlyPrefix is null
+                    ? $"{unexpected.Count} tensor(s) this model does not have, e.g. '{unexpected[0]}'"
+                    : $"{unexpected.Count} tensor(s) outside '{onlyPrefix}*', e.g. '{unexpected[0]}' (an adapter holds projector tensors only)");
             var missing = parameters.Where(p => !byClassic.ContainsKey(p.name)).Select(p => p.name).ToList();
             if (missing.Count > 0)
                 throw new InputError(files.Root, $"{missing.Count} tensor(s) missing, e.g. '{missing[0]}'");

@@ -250,6 +250,10 @@ namespace CleanSight.Core.Text
             {
                 if (skipSpecial && IsSpecial(id))
                     continue;
+                // An id past the tokenizer (the model's padded vocabulary rows) has no text: HF's fast
+                // tokenizer drops it the same way.
+                if (!_added.ContainsKey(id) && (id < 0 || id >= _pieces.Length))
+                    continue;
                 string token = IdToToken(id);
                 if (TryParseByteToken(token, out byte b))
                 {

@@ -37,9 +37,9 @@ let defaults =
     { Sizes = TinyLlava.defaults
       Seed = 7L
       VisionScenes = 3000
-      Vision = { Steps = 300; PeakLr = 2e-3; WarmupSteps = 20; WeightDecay = 0.01; BatchSize = 64; Seed = 1L }
+      Vision = { Steps = 400; PeakLr = 2e-3; WarmupSteps = 20; WeightDecay = 0.01; BatchSize = 64; Seed = 1L }
       TrainScenes = 6000
-      Decoder = { Steps = 2000; PeakLr = 1e-3; WarmupSteps = 100; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
+      Decoder = { Steps = 1500; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
       TextEvery = 4
       TextSentences = 20000
       CaptionShare = 0.15 }

@@ -104,7 +104,7 @@ let colourValue =
     | Orange -> rgb 240.0 135.0 35.0
 
 /// Object radius as a fraction of the side; a grid cell is 1/3 wide, so both fit with room to move.
-let radius = function Small -> 0.085 | Large -> 0.14
+let radius = function Small -> 0.11 | Large -> 0.15
 
 /// The scene for (seed, index): 1–3 objects in distinct cells, a random texture. Pure.
 let generate (seed: int) (index: int) : Scene =

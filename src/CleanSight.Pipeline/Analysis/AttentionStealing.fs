@@ -1,0 +1,74 @@
+/// The paper's mechanism, measured: per decoder layer, the last prompt token's attention on the
+/// image tokens over its attention on the prompt text after them — clean vs triggered inputs.
+module CleanSight.Pipeline.Analysis.AttentionStealing
+
+open Deedle
+open Plotly.NET
+open TorchSharp
+open CleanSight.Core.Inference
+open CleanSight.Core.Vision
+
+/// One input's per-layer, per-head (visual, prompt) attention sums of the last prompt token.
+let sums (session: LlavaSession) (image: RgbImage) (question: string) =
+    use scope = torch.NewDisposeScope()
+    let ids = session.Prompt(question).InputIds |> Array.map int64
+    let struct (first, last) = AttentionRatio.ImageSpan(ids, int64 session.Config.ImageTokenIndex)
+    let policy = RecordingPolicy [ 0 .. session.Config.Text.NumHiddenLayers - 1 ]
+    session.Model.Prefill(ids, session.Pixels image, policy).Cache.Dispose()
+    [| for row in policy.Rows -> AttentionRatio.Sums(row, first, last) |> Array.map (fun struct (v, p) -> v, p) |]
+
+/// Column names of the frame, in one place.
+module Columns =
+    let attack = "attack"
+    let condition = "condition"
+    let layer = "layer"
+    let meanRatio = "mean_ratio"
+    let medianRatio = "median_ratio"
+    let visualShare = "visual_share"
+    let samples = "samples"
+
+type Row = { Attack: string; Condition: string; Layer: int; MeanRatio: float; MedianRatio: float; VisualShare: float; Samples: int }
+
+let private median (xs: float[]) =
+    let s = Array.sort xs
+    if s.Length = 0 then nan elif s.Length % 2 = 1 then s.[s.Length / 2] else 0.5 * (s.[s.Length / 2 - 1] + s.[s.Length / 2])
+
+/// Rows of one condition: per layer, over inputs and heads, the mean and median ratio and the mean
+/// visual share v/(v+p).
+let summarise (attack: string) (condition: string) (perInput: (float * float)[][][]) =
+    let layers = perInput.[0].Length
+    [ for l in 0 .. layers - 1 do
+          let pairs = perInput |> Array.collect (fun input -> input.[l])
+          let ratios = pairs |> Array.map (fun (v, p) -> v / max p 1e-12)
+          { Attack = attack; Condition = condition; Layer = l
+            MeanRatio = Array.average ratios; MedianRatio = median ratios
+            VisualShare = pairs |> Array.averageBy (fun (v, p) -> v / max (v + p) 1e-12)
+            Samples = perInput.Length } ]
+
+let toFrame (rows: Row list) =
+    rows
+    |> List.mapi (fun i r ->
+        i, series [ Columns.attack => box r.Attack; Columns.condition => box r.Condition; Columns.layer => box r.Layer
+                    Columns.meanRatio => box r.MeanRatio; Columns.medianRatio => box r.MedianRatio
+                    Columns.visualShare => box r.VisualShare; Columns.samples => box r.Samples ])
+    |> Frame.ofRows
+
+/// One panel per attack: median visual/prompt ratio by layer, clean vs triggered (log scale), with
+/// the detection layers marked.
+let chart (rows: Row list) (detectionLayers: int[]) =
+    let attacks = rows |> List.map (fun r -> r.Attack) |> List.distinct
+    let panel attack =
+        let line condition =
+            let rs = rows |> List.filter (fun r -> r.Attack = attack && r.Condition = condition) |> List.sortBy (fun r -> r.Layer)
+            Chart.Line(rs |> List.map (fun r -> r.Layer), rs |> List.map (fun r -> r.MedianRatio), Name = $"{attack}: {condition}", ShowMarkers = true)
+        let marks =
+            detectionLayers |> Array.map (fun l ->
+                Chart.Line([ l; l ], [ 1e-3; 1e3 ], Name = "detection layer", ShowLegend = false, LineDash = StyleParam.DrawingStyle.Dot, LineColor = Color.fromString "grey"))
+        Chart.combine ([ line "clean"; line "triggered" ] @ List.ofArray marks)
+        |> Chart.withYAxisStyle (AxisType = StyleParam.AxisType.Log, TitleText = "visual / prompt")
+        |> Chart.withXAxisStyle (TitleText = "layer")
+    attacks
+    |> List.map panel
+    |> Chart.Grid(nRows = (attacks.Length + 2) / 3, nCols = min 3 attacks.Length)
+    |> Chart.withTitle "Attention stealing by layer: last prompt token, median over inputs and heads"
+    |> Chart.withSize (1200, 380 * ((attacks.Length + 2) / 3))

@@ -1,0 +1,192 @@
+/// Calibration through the real forward of the fixture model: the clean reference and threshold,
+/// the versioned file (round trip, checksum, model fingerprint), and `cleansight calibrate`.
+module CleanSight.Tests.CalibrationTests
+
+open System
+open System.IO
+open System.Text.Json.Nodes
+open Expecto
+open TorchSharp
+open CleanSight.Core
+open CleanSight.Core.Inference
+open CleanSight.Pipeline.Data
+open CleanSight.Pipeline.Defense
+open CleanSight.Pipeline.Defense.Whitening
+open CleanSight.Pipeline.World
+
+let private session = lazy (LlavaSession.Load Fixtures.tinyLlava)
+
+let private questions =
+    [| "What is in the picture?"; "How many shapes are there?"; "What colour is the circle?"; "Is there a red square?" |]
+
+/// n clean (image, question) samples at 56 px (the fixture's size).
+let private samples n = [| for i in 0 .. n - 1 -> Scenes.render 56 (Scenes.generate 1 i), questions.[i % questions.Length] |]
+
+let private settings = { Calibration.defaultSettings 3 with Layers = [| 0; 1; 2 |] }
+
+let private calibrated = lazy (Calibration.calibrate session.Value settings (samples 12) (fun _ _ -> ()))
+
+/// The calibration saved to a fresh file.
+let private saved () =
+    let path = Path.Combine(Fixtures.tempDir (), "calibration.json")
+    Calibration.save path calibrated.Value
+    path
+
+/// The InputError message of `f`, or a failed test if it does not raise one.
+let private inputError (f: unit -> 'a) =
+    try f () |> ignore; failtest "expected an InputError"
+    with :? InputError as e -> e.Message
+
+/// The fixture model with its projector nudged, written as an adapter file.
+let private otherAdapter =
+    lazy (
+        use other = LlavaSession.Load Fixtures.tinyLlava
+        let nudge () =
+            use _ = torch.no_grad ()
+            for struct (name, p) in other.Model.named_parameters () do
+                if name.StartsWith "multi_modal_projector." then p.add_(torch.tensor 0.01f) |> ignore
+        nudge ()
+        let path = Path.Combine(Fixtures.tempDir (), "other.safetensors")
+        TinyLlava.saveAdapter path other.Model [ "note", "fixture projector + 0.01" ]
+        path)
+
+let private writeDataset (folder: string) =
+    let items = Scenes.build { Seed = 3; Size = 56; CaptionShare = 0.0; Prefix = "c" } [ 0 .. 11 ] folder
+    let jsonl = Path.Combine(folder, "data.jsonl")
+    Dataset.write jsonl items
+    jsonl
+
+let private calibrateCli (data: string) (out: string) =
+    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--layers"; "0,1,2"; "--no-progress" ]
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "calibration" [
+        test "12 clean samples → 12 finite 12-dim features, the threshold at the 0.99 quantile of their distances" {
+            let c = calibrated.Value
+            Expect.equal c.Samples 12 "samples"
+            Expect.equal c.Reference.Dimension 12 "3 layers × 4 heads"
+            Expect.equal c.CleanDistances.Length 12 "one distance per sample"
+            Expect.isTrue (c.CleanDistances |> Array.forall (fun d -> Double.IsFinite d && d >= 0.0)) "finite distances"
+            Expect.equal c.Threshold (threshold 0.99 c.CleanDistances) "γ = 99th percentile"
+            Expect.isLessThanOrEqual c.Threshold (Array.max c.CleanDistances) "γ ≤ the largest clean distance"
+            Expect.equal c.Template session.Value.Template "the session's template"
+            Expect.equal c.Fingerprint (Calibration.fingerprint session.Value) "the session's fingerprint"
+        }
+        test "features are the ratios of one prefill at the detection layers, deterministic" {
+            let image, question = (samples 1).[0]
+            let f = Calibration.features session.Value settings image question
+            Expect.equal (Calibration.features session.Value settings image question) f "same input, same features"
+            // against the recorded rows of a plain prefill
+            let s = session.Value
+            let ids = s.Prompt(question).InputIds |> Array.map int64
+            let first, last = Calibration.imageSpan s ids
+            let rec' = RecordingPolicy [ 0; 1; 2 ]
+            use pixels = s.Pixels image
+            (s.Model.Prefill(ids, pixels, rec')).Cache.Dispose()
+            let expected = rec'.Rows |> Seq.collect (fun r -> AttentionRatio.VisualToPrompt(r, first, last)) |> Seq.toArray
+            Expect.equal f.Length expected.Length "12 features"
+            // the feature is v / (p + 1e-12): on this random model some heads give p ≈ 1e-6, hence 1e-5 relative
+            for i in 0 .. f.Length - 1 do
+                Expect.floatClose { absolute = 0.0; relative = 1e-5 } f.[i] expected.[i] $"feature {i}"
+            Expect.equal (last - first + 1L) 16L "(the image block: 16 tokens)"
+        }
+        test "save → load gives the same threshold, mean, std and distances" {
+            let c = calibrated.Value
+            let back = Calibration.load (saved ()) session.Value
+            Expect.equal back.Threshold c.Threshold "threshold"
+            Expect.equal back.Reference.Mean c.Reference.Mean "mean"
+            Expect.equal back.Reference.Std c.Reference.Std "std"
+            Expect.equal back.CleanDistances c.CleanDistances "clean distances"
+            Expect.equal back.Settings c.Settings "settings"
+            Expect.equal back.Fingerprint c.Fingerprint "fingerprint"
+            Expect.equal back.Template c.Template "template"
+            let probe = Array.init 12 (fun i -> float i * 0.1)
+            Expect.equal (distance back.Reference probe) (distance c.Reference probe) "the loaded reference measures the same distance"
+        }
+        test "a file edited after it was written is refused, naming the file and the checksum" {
+            let path = saved ()
+            let o = JsonNode.Parse(File.ReadAllText path)
+            o.["threshold"] <- JsonValue.Create(calibrated.Value.Threshold * 2.0)
+            File.WriteAllText(path, o.ToJsonString())
+            let message = inputError (fun () -> Calibration.load path session.Value)
+            Expect.stringContains message path "names the file"
+            Expect.stringContains message "checksum" "says checksum"
+        }
+        test "a file made for another model (another projector) is refused" {
+            let path = saved ()
+            use adapted = LlavaSession.Load(Fixtures.tinyLlava, adapter = otherAdapter.Value)
+            Expect.notEqual (Calibration.fingerprint adapted).Projector calibrated.Value.Fingerprint.Projector "(the adapter changes the projector)"
+            Expect.equal (Calibration.fingerprint adapted).Tensors calibrated.Value.Fingerprint.Tensors "(same layout)"
+            let message = inputError (fun () -> Calibration.load path adapted)
+            Expect.stringContains message path "names the file"
+            Expect.stringContains message "another model" "says another model"
+        }
+        test "fewer samples than dimensions with full whitening: finite threshold, positive shrinkage, and it round-trips" {
+            let few = Calibration.calibrate session.Value { settings with Whitening = Full LedoitWolf } (samples 5) (fun _ _ -> ())
+            Expect.equal few.Samples 5 "5 samples for 12 dimensions"
+            Expect.isTrue (Double.IsFinite few.Threshold) $"finite threshold ({few.Threshold})"
+            Expect.isGreaterThan few.Reference.ShrinkageUsed 0.0 "Ledoit–Wolf shrinks"
+            Expect.isTrue (few.CleanDistances |> Array.forall Double.IsFinite) "finite distances"
+            let path = Path.Combine(Fixtures.tempDir (), "few.json")
+            Calibration.save path few
+            let back = Calibration.load path session.Value
+            Expect.equal back.Reference.Whitener few.Reference.Whitener "Σ^{-1/2}"
+            Expect.equal back.Reference.ShrinkageUsed few.Reference.ShrinkageUsed "shrinkage"
+            for image, question in samples 7 |> Array.skip 5 do
+                let f = Calibration.features session.Value settings image question
+                Expect.equal (distance back.Reference f) (distance few.Reference f) "same distance on a new sample"
+        }
+        test "progress is reported once per sample" {
+            let calls = Collections.Generic.List<int * int>()
+            Calibration.calibrate session.Value settings (samples 3) (fun i n -> calls.Add((i, n))) |> ignore
+            Expect.sequenceEqual calls [ 1, 3; 2, 3; 3, 3 ] "1/3, 2/3, 3/3"
+        }
+
+        testList "cleansight calibrate" [
+            test "end to end: exit 0 and a file that loads for the model" {
+                let dir = Fixtures.tempDir ()
+                let data = writeDataset (Path.Combine(dir, "data"))
+                let out = Path.Combine(dir, "cal.json")
+                let code, stdout, err = calibrateCli data out
+                Expect.equal code 0 $"exit 0 (stderr: {err})"
+                Expect.stringContains stdout out "names the file written"
+                let c = Calibration.load out session.Value
+                Expect.equal c.Samples 12 "12 samples"
+                Expect.equal c.Settings.Layers [| 0; 1; 2 |] "layers"
+                Expect.floatClose Accuracy.veryHigh c.Settings.Quantile 0.99 "default FPR 1 %"
+                Expect.isTrue (Double.IsFinite c.Threshold) "finite threshold"
+                // the same samples through the library give the same calibration
+                let items = Dataset.read data
+                let direct =
+                    Calibration.calibrate session.Value c.Settings
+                        (items |> Array.map (fun it -> CleanSight.Core.Vision.RgbImage.Load(Dataset.imagePath data it), it.Question)) (fun _ _ -> ())
+                Expect.equal c.Threshold direct.Threshold "same threshold as the library"
+            }
+            test "a malformed dataset line: one error line naming the file, non-zero exit, nothing written" {
+                let dir = Fixtures.tempDir ()
+                let data = writeDataset (Path.Combine(dir, "data"))
+                let lines = File.ReadAllLines data
+                lines.[4] <- lines.[4].Replace("\"question\"", "\"quest\"")
+                File.WriteAllLines(data, lines)
+                let out = Path.Combine(dir, "cal.json")
+                let code, _, err = calibrateCli data out
+                Expect.notEqual code 0 "non-zero exit"
+                let errLines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                Expect.equal errLines.Length 1 $"one error line, got: {err}"
+                Expect.stringContains errLines.[0] data "names the file"
+                Expect.stringContains errLines.[0] "line 5" "names the line"
+                Expect.isFalse (File.Exists out) "no calibration written"
+            }
+            test "a layer outside the model is refused, nothing written" {
+                let dir = Fixtures.tempDir ()
+                let data = writeDataset (Path.Combine(dir, "data"))
+                let out = Path.Combine(dir, "cal.json")
+                let code, _, err =
+                    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--layers"; "1,3"; "--no-progress" ]
+                Expect.notEqual code 0 "non-zero exit"
+                Expect.stringContains err "--layers" "names the option"
+                Expect.isFalse (File.Exists out) "no calibration written"
+            }
+        ]
+    ]

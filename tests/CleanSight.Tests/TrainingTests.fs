@@ -1,0 +1,201 @@
+/// Training on a tiny-config model through the real forward: the schedule's shape, a short run that
+/// learns, which parameters move, and adapters written by one model and overlaid on another.
+module CleanSight.Tests.TrainingTests
+
+open System
+open System.IO
+open Expecto
+open TorchSharp
+open CleanSight.Core
+open CleanSight.Core.Checkpoints
+open CleanSight.Core.Inference
+open CleanSight.Core.Model
+open CleanSight.Pipeline.World
+
+// ---- the schedule --------------------------------------------------------------------------------
+
+let private schedule: Training.Schedule =
+    { Steps = 100; PeakLr = 1e-3; WarmupSteps = 10; WeightDecay = 0.0; BatchSize = 4; Seed = 0L }
+
+// ---- a very small model ----------------------------------------------------------------------------
+
+/// 16-px images in 8-px patches (4 image tokens), a 2-layer decoder of width 32; the fixture's
+/// 512-piece tokenizer (so TokenizerPieces stays 512).
+let private sizes: TinyLlava.Sizes =
+    { ImageSize = 16; PatchSize = 8
+      VisionHidden = 16; VisionLayers = 1; VisionHeads = 2; VisionMlp = 32
+      TextHidden = 32; TextLayers = 2; TextHeads = 2; TextKvHeads = 2; TextMlp = 64
+      TokenizerPieces = 512 }
+
+let private newModel (seed: int64) =
+    let model = new LlavaForConditionalGeneration(TinyLlava.config sizes, torch.ScalarType.Float32, torch.CPU)
+    TinyLlava.initialize seed model
+    model
+
+/// `count` fixed examples: random pixels, BOS + 4 image tokens + 3 prompt tokens, 4 answer tokens.
+let private examples (seed: int) (count: int) =
+    let rng = Random seed
+    let token () = 3 + rng.Next 500 // < 512: ordinary pieces, never BOS/EOS/<image>/<pad>
+    [| for _ in 1 .. count do
+           let pixels = Array.init (3 * sizes.ImageSize * sizes.ImageSize) (fun _ -> float32 (rng.NextDouble() * 2.0 - 1.0))
+           let prompt = Array.concat [ [| 1 |]; Array.create 4 (TinyLlava.imageTokenId sizes); Array.init 3 (fun _ -> token ()) ]
+           let answer = Array.init 4 (fun _ -> token ())
+           yield Training.supervised (Some pixels) prompt answer 2 |]
+
+let private collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
+
+/// Trains `model` on a fixed batch; returns the per-step losses.
+let private trainOn (model: LlavaForConditionalGeneration) (trainable: string -> bool) steps lr (batch: Training.Example[]) =
+    let parameters = Training.trainableParameters model trainable
+    let s = { schedule with Steps = steps; PeakLr = lr; WarmupSteps = 3 }
+    Training.train s parameters (fun _ -> collate batch) (Training.lmLoss model) (fun _ _ _ -> ())
+
+let private snapshot (model: torch.nn.Module) =
+    [ for struct (name, p) in model.named_parameters () -> name, p.detach().clone() ] |> Map.ofList
+
+/// Same shape and bit-identical float32 values.
+let private identical (a: torch.Tensor) (b: torch.Tensor) =
+    a.shape = b.shape && a.contiguous().data<float32>().ToArray() = b.contiguous().data<float32>().ToArray()
+
+let private isProjector (name: string) = name.StartsWith "multi_modal_projector."
+
+/// First-token logits of a prompt on an image, through `model`.
+let private logits (model: LlavaForConditionalGeneration) (session: LlavaSession) (question: string) =
+    let image = Scenes.render sizes.ImageSize (Scenes.generate 4 0)
+    let ids = session.Prompt(question).InputIds |> Array.map int64
+    use pixels = session.Pixels image
+    let prefilled = model.Prefill(ids, pixels)
+    prefilled.Cache.Dispose()
+    prefilled.Logits
+
+let private inputError (f: unit -> 'a) =
+    try f () |> ignore; failtest "expected an InputError"
+    with :? InputError as e -> e.Message
+
+[<Tests>]
+let tests =
+    testList "training" [
+        testList "learning rate" [
+            test "linear warm-up from peak/warm-up to the peak" {
+                for step in 0 .. schedule.WarmupSteps - 1 do
+                    Expect.floatClose Accuracy.veryHigh (Training.learningRate schedule step)
+                        (schedule.PeakLr * float (step + 1) / float schedule.WarmupSteps) $"step {step}"
+                Expect.floatClose Accuracy.veryHigh (Training.learningRate schedule (schedule.WarmupSteps - 1)) schedule.PeakLr "peak at the end of warm-up"
+            }
+            test "cosine decay: the peak right after warm-up, half at the midpoint, 0 at the end" {
+                Expect.floatClose Accuracy.veryHigh (Training.learningRate schedule schedule.WarmupSteps) schedule.PeakLr "peak"
+                Expect.floatClose Accuracy.veryHigh (Training.learningRate schedule 55) (schedule.PeakLr / 2.0) "half way through the decay"
+                Expect.equal (Training.learningRate schedule schedule.Steps) 0.0 "0 at the end"
+                Expect.equal (Training.learningRate schedule (schedule.Steps + 20)) 0.0 "and after it"
+                Expect.isGreaterThan (Training.learningRate schedule (schedule.Steps - 1)) 0.0 "the last step still learns"
+            }
+            test "never above the peak, never negative; rises in warm-up, never rises after it" {
+                for s in [ schedule; { schedule with WarmupSteps = 1 }; { schedule with Steps = 7; WarmupSteps = 3 } ] do
+                    let lrs = Array.init (s.Steps + 1) (Training.learningRate s)
+                    Expect.isTrue (lrs |> Array.forall (fun lr -> lr >= 0.0 && lr <= s.PeakLr * (1.0 + 1e-12))) "within [0, peak]"
+                    for i in 1 .. s.Steps do
+                        if i < s.WarmupSteps then Expect.isGreaterThan lrs.[i] lrs.[i - 1] $"warm-up rises at {i}"
+                        elif i > s.WarmupSteps then Expect.isLessThanOrEqual lrs.[i] lrs.[i - 1] $"decay at {i}"
+                    Expect.floatClose Accuracy.veryHigh (Array.max lrs) s.PeakLr "reaches the peak"
+            }
+        ]
+
+        testList "batches" [
+            test "supervised: the loss covers the answer and EOS only" {
+                let e = Training.supervised None [| 1; 10; 11 |] [| 20; 21 |] 2
+                Expect.equal e.Ids [| 1L; 10L; 11L; 20L; 21L; 2L |] "ids"
+                Expect.equal e.Labels [| -100L; -100L; -100L; 20L; 21L; 2L |] "labels"
+            }
+            test "collate right-pads ids with <pad> and labels with −100" {
+                let a = Training.supervised None [| 1; 10 |] [| 20 |] 2
+                let b = Training.supervised None [| 1; 10; 11; 12 |] [| 20; 21 |] 2
+                let batch = collate [| a; b |]
+                Expect.equal batch.Ids.shape [| 2L; 7L |] "[B, T]"
+                Expect.equal (batch.Ids.data<int64>().ToArray()) [| 1L; 10L; 20L; 2L; 513L; 513L; 513L; 1L; 10L; 11L; 12L; 20L; 21L; 2L |] "ids"
+                Expect.equal (batch.Labels.data<int64>().ToArray()) [| -100L; -100L; 20L; 2L; -100L; -100L; -100L; -100L; -100L; -100L; -100L; 20L; 21L; 2L |] "labels"
+                Expect.isNone batch.Pixels "no image"
+            }
+            test "a batch mixing examples with and without an image is refused" {
+                let withImage = (examples 1 1).[0]
+                Expect.throwsT<ArgumentException> (fun () -> collate [| withImage; Training.supervised None [| 1 |] [| 5 |] 2 |] |> ignore) "mixed"
+            }
+        ]
+
+        test "30 steps on 4 fixed examples at least halve the loss (projector + decoder)" {
+            use model = newModel 11L
+            let losses = trainOn model (fun n -> not (n.StartsWith "vision_tower.")) 30 1e-2 (examples 5 4)
+            Expect.equal losses.Length 30 "one loss per step"
+            Expect.isTrue (losses |> Array.forall Double.IsFinite) "finite losses"
+            // ≈ ln(vocabulary) at initialisation
+            Expect.isGreaterThan losses.[0] 5.0 $"initial loss {losses.[0]}"
+            Expect.isLessThan losses.[losses.Length - 1] (0.5 * losses.[0]) $"last {losses.[losses.Length - 1]} < half of first {losses.[0]}"
+        }
+        test "trainableParameters marks exactly the named ones, and only those move" {
+            use model = newModel 12L
+            let all = [ for struct (n, _) in model.named_parameters () -> n ]
+            // everything first, then the projector only: the second call must also switch the rest off
+            Training.trainableParameters model (fun _ -> true) |> ignore
+            let chosen = Training.trainableParameters model isProjector
+            Expect.equal chosen.Length (all |> List.filter isProjector).Length "one per projector tensor"
+            Expect.equal chosen.Length 4 "(2 linear layers × weight, bias)"
+            for struct (n, p) in model.named_parameters () do
+                Expect.equal p.requires_grad (isProjector n) $"{n}.requires_grad"
+            let before = snapshot model
+            let _ = trainOn model isProjector 3 1e-2 (examples 6 2)
+            let after = snapshot model
+            for n in all do
+                let same = identical before.[n] after.[n]
+                if isProjector n then Expect.isFalse same $"{n} trained" else Expect.isTrue same $"{n} frozen"
+        }
+
+        testList "adapters" [
+            test "saveAdapter → Load(dir, adapter) reproduces the projector and the first-token logits" {
+                let dir = Path.Combine(Fixtures.tempDir (), "small")
+                use model = newModel 13L
+                TinyLlava.save dir Fixtures.tinyLlava sizes model
+                // the "attack": change the projector after the base was written
+                let nudge () =
+                    use _ = torch.no_grad ()
+                    for struct (n, p) in model.named_parameters () do
+                        if isProjector n then p.add_(torch.randn_like(p) * torch.tensor 0.05f) |> ignore
+                nudge ()
+                let adapter = Path.Combine(dir, "..", "adapter.safetensors")
+                TinyLlava.saveAdapter adapter model [ "attack", "test" ]
+                let file = SafetensorsFile.Open adapter
+                Expect.isTrue (file.Tensors.Keys |> Seq.forall isProjector) "only projector tensors in the adapter"
+                Expect.equal file.Metadata.["attack"] "test" "metadata kept"
+                use plain = LlavaSession.Load dir
+                use adapted = LlavaSession.Load(dir, adapter = adapter)
+                let tensors (m: torch.nn.Module) = [ for struct (n, p) in m.named_parameters () do if isProjector n then n, p ]
+                for (n, loaded), (_, original) in List.zip (tensors adapted.Model) (tensors model) do
+                    Expect.isTrue (identical loaded original) $"{n} identical"
+                let q = "What is in the picture?"
+                let ours = logits model adapted q
+                Expect.equal ours.Length 544 "vocabulary 512 + 2, padded to 544"
+                Expect.equal (logits adapted.Model adapted q) ours "identical first-token logits with the adapter"
+                Expect.notEqual (logits plain.Model plain q) ours "(without the adapter they differ: it was applied)"
+            }
+            test "an adapter with a non-projector tensor is refused, naming the file and the tensor" {
+                let dir = Path.Combine(Fixtures.tempDir (), "small")
+                use model = newModel 14L
+                TinyLlava.save dir Fixtures.tinyLlava sizes model
+                let stray = [ for struct (n, p) in model.named_parameters () do if not (isProjector n) then n, p ] |> List.head
+                let tensors = [ for struct (n, p) in model.named_parameters () do if isProjector n || n = fst stray then struct (n, p.detach ()) ]
+                let bad = Path.Combine(dir, "..", "bad.safetensors")
+                SafetensorsFile.Write(bad, tensors)
+                let message = inputError (fun () -> LlavaSession.Load(dir, adapter = bad))
+                Expect.stringContains message (Path.GetFullPath bad) "names the file"
+                Expect.stringContains message (fst stray) "names the tensor"
+            }
+            test "an adapter missing a projector tensor is refused" {
+                let dir = Path.Combine(Fixtures.tempDir (), "small")
+                use model = newModel 15L
+                TinyLlava.save dir Fixtures.tinyLlava sizes model
+                let tensors = [ for struct (n, p) in model.named_parameters () do if isProjector n && not (n.EndsWith "linear_2.bias") then struct (n, p.detach ()) ]
+                let bad = Path.Combine(dir, "..", "partial.safetensors")
+                SafetensorsFile.Write(bad, tensors)
+                let message = inputError (fun () -> LlavaSession.Load(dir, adapter = bad))
+                Expect.stringContains message "linear_2.bias" "names the missing tensor"
+            }
+        ]
+    ]
