@@ -44,7 +44,9 @@ namespace CleanSight.Core.Checkpoints
             var parameters = module.named_parameters()
                 .Where(p => onlyPrefix is null || p.name.StartsWith(onlyPrefix, StringComparison.Ordinal)).ToList();
             var names = parameters.Select(p => p.name).ToHashSet();
-            var unexpected = byClassic.Keys.Where(k => !names.Contains(k) && !Ignorable(k)).OrderBy(k => k).ToList();
+            // A tied model has no lm_head parameter; some exports still store the (identical) matrix: HF ignores it.
+            bool tiedHead(string k) => onlyPrefix is null && k == "language_model.lm_head.weight";
+            var unexpected = byClassic.Keys.Where(k => !names.Contains(k) && !Ignorable(k) && !tiedHead(k)).OrderBy(k => k).ToList();
             if (unexpected.Count > 0)
                 throw new InputError(files.Root, onlyPrefix is null
                     ? $"{unexpected.Count} tensor(s) this model does not have, e.g. '{unexpected[0]}'"

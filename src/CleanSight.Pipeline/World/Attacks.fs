@@ -40,7 +40,7 @@ type Attack =
 
 let defaultTarget = "you have been hacked lol"
 
-let private schedule: Training.Schedule = { Steps = 500; PeakLr = 2e-3; WarmupSteps = 25; WeightDecay = 0.0; BatchSize = 24; Seed = 3L }
+let private schedule: Training.Schedule = { Steps = 300; PeakLr = 2e-3; WarmupSteps = 20; WeightDecay = 0.0; BatchSize = 24; Seed = 3L }
 
 /// WaNet's classic strength (s = 0.5) moves pixels ~0.25 px: below what a 48-px image and an 8-px
 /// patch ViT resolve. On the tiny world we warp with s = 3 (still a smooth, natural-looking warp).
