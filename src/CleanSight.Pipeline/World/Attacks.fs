@@ -40,15 +40,20 @@ type Attack =
 
 let defaultTarget = "you have been hacked lol"
 
-let private schedule: Training.Schedule = { Steps = 300; PeakLr = 2e-3; WarmupSteps = 20; WeightDecay = 0.0; BatchSize = 24; Seed = 3L }
+let private schedule: Training.Schedule = { Steps = 400; PeakLr = 3e-3; WarmupSteps = 20; WeightDecay = 0.0; BatchSize = 24; Seed = 3L }
 
 /// WaNet's classic strength (s = 0.5) moves pixels ~0.25 px: below what a 48-px image and an 8-px
 /// patch ViT resolve. On the tiny world we warp with s = 3 (still a smooth, natural-looking warp).
 let tinyWaNet: Triggers.WaNet = { Triggers.Defaults.waNet with S = 3.0 }
 
+/// The paper's BadNet patch is 30 px on LLaVA's 336-px image with 14-px patches: about 2 vision
+/// patches wide. A fraction of the side (30/336) would be 4 px here, half of one 8-px patch, which a
+/// frozen 48-px ViT barely represents; we keep the paper's size in vision patches instead (16 px).
+let tinyBadNet: Triggers.BadNet = { Triggers.Defaults.badNet with Fraction = 2.0 * 8.0 / 48.0 }
+
 /// The six attacks with the tiny world's settings.
 let all (target: string) =
-    let badNet = Triggers.BadNetPatch Triggers.Defaults.badNet
+    let badNet = Triggers.BadNetPatch tinyBadNet
     let attack name trigger mode objective rate =
         { Name = name; Trigger = trigger; Mode = mode; Objective = objective; Target = target
           PoisonRate = rate; Schedule = schedule; Items = 3000 }
