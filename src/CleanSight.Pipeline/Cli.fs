@@ -141,7 +141,7 @@ type DemoArgs =
         member a.Usage =
             match a with
             | Out _ -> "folder for report.html, frames/, manifest.json"
-            | Test _ -> "test samples per set (default 50)"
+            | Test _ -> "test samples per set (default 100)"
             | No_Progress -> "no progress output"
 
 [<RequireQualifiedAccess>]

@@ -16,7 +16,7 @@ open CleanSight.Pipeline.World
 
 type Settings = { Out: string; Calibration: int; Test: int; AttentionInputs: int; Seed: int }
 
-let defaults out = { Out = out; Calibration = 200; Test = 50; AttentionInputs = 20; Seed = 0 }
+let defaults out = { Out = out; Calibration = 200; Test = 100; AttentionInputs = 20; Seed = 0 }
 
 /// One attack's results.
 type AttackResult =
@@ -119,7 +119,10 @@ let run (s: Settings) (log: string -> unit) =
     let world = Materialize.locate ()
     let manifest = timed "data" (fun () -> Materialize.run world (Path.Combine(s.Out, "data")) s.Calibration s.Test log)
     let results =
-        [ for attack in manifest.attacks -> timed attack.name (fun () -> runAttack s log manifest attack) ]
+        [ for attack in manifest.attacks do
+              if File.Exists attack.adapter then yield timed attack.name (fun () -> runAttack s log manifest attack)
+              else log $"{attack.name}: no adapter at {attack.adapter}; skipped (build target Attack-{attack.name} makes it)" ]
+    if results.IsEmpty then raise (CleanSight.Core.InputError(Path.Combine(world, "adapters"), "no attack adapters found"))
     // frames
     let frames = Path.Combine(s.Out, "frames")
     Directory.CreateDirectory frames |> ignore

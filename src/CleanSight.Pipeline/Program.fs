@@ -19,7 +19,7 @@ let main argv =
         | Command.Evaluate args -> DefenseCommands.evaluate args
         | Command.Demo args ->
             let out = args.GetResult DemoArgs.Out
-            let s = { Demo.defaults out with Test = args.GetResult(DemoArgs.Test, 50) }
+            let s = { Demo.defaults out with Test = args.GetResult(DemoArgs.Test, 100) }
             Demo.run s (Progress.logger (args.Contains DemoArgs.No_Progress)) |> ignore
             printfn "%s" (System.IO.Path.Combine(out, "report.html"))
             0

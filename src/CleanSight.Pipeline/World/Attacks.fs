@@ -114,6 +114,8 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
         p.load_state_dict(model.Projector.state_dict()) |> ignore
         for q in p.parameters () do q.requires_grad <- false
         p)
+    // Built now, outside the per-step dispose scopes that would free its tensors.
+    if attack.Objective = OutOfDistribution then cleanProjector.Force() |> ignore
     let parameters = Training.trainableParameters model (fun n -> n.StartsWith "multi_modal_projector.")
     let nextBatch = BaseModel.batches (int attack.Schedule.Seed) attack.Schedule.BatchSize data
     let lossOf (batch: PoisonItem[]) =
