@@ -4,11 +4,9 @@
 // Writes OUT_DIR/attention-stealing.csv (the frame) and OUT_DIR/attention-stealing.html (the chart).
 #load "../scripts/load.fsx"
 #r "../src/CleanSight.Pipeline/bin/Release/net10.0/Deedle.dll"
-#r "../src/CleanSight.Pipeline/bin/Release/net10.0/Plotly.NET.dll"
 
 open System.IO
 open Deedle
-open Plotly.NET
 open CleanSight.Core.Inference
 open CleanSight.Pipeline.World
 open CleanSight.Pipeline.Analysis
@@ -38,8 +36,5 @@ let rows =
               yield! AttentionStealing.summarise attack.Name "triggered" (measure (Triggers.apply attack.Trigger))
               printfn "%s: measured %d inputs" attack.Name n ]
 
-let frame = AttentionStealing.toFrame rows
-frame.SaveCsv(Path.Combine(out, "attention-stealing.csv"))
-let layers = Detector.defaultLayers TinyLlava.defaults.TextLayers
-AttentionStealing.chart rows layers |> Chart.saveHtml (Path.Combine(out, "attention-stealing.html"))
-frame.Print()
+AttentionStealing.save out rows (Detector.defaultLayers TinyLlava.defaults.TextLayers)
+(AttentionStealing.toFrame rows).Print()

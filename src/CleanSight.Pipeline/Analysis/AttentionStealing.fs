@@ -72,3 +72,9 @@ let chart (rows: Row list) (detectionLayers: int[]) =
     |> Chart.Grid(nRows = (attacks.Length + 2) / 3, nCols = min 3 attacks.Length)
     |> Chart.withTitle "Attention stealing by layer: last prompt token, median over inputs and heads"
     |> Chart.withSize (1200, 380 * ((attacks.Length + 2) / 3))
+
+/// Writes the frame as DIR/attention-stealing.csv and the chart as DIR/attention-stealing.html.
+let save (dir: string) (rows: Row list) (detectionLayers: int[]) =
+    System.IO.Directory.CreateDirectory dir |> ignore
+    (toFrame rows).SaveCsv(System.IO.Path.Combine(dir, "attention-stealing.csv"))
+    chart rows detectionLayers |> Chart.saveHtml (System.IO.Path.Combine(dir, "attention-stealing.html"))
