@@ -1,5 +1,5 @@
 // CleanSight build targets (FAKE 5 in `dotnet fsi`):  dotnet fsi build.fsx [-t TARGET]
-// One chain:  Restore ==> Build ==> Test ==> Scripts ==> Generate
+// One chain:  Restore ==> Build ==> Test ==> Scripts ==> Generate ==> Demo   (TrainBase, Attack-NAME, Attacks: the tiny world)
 #r "nuget: Fake.Core.Target, 5.20.3"
 #r "nuget: Fake.Core.Process, 5.20.3"
 
@@ -49,12 +49,16 @@ for a in attacks do
 Target.create "Attacks" ignore
 for a in attacks do $"Attack-{a}" ==> "Attacks" |> ignore
 
-// The main job on the embedded default (for now: generate on the fixture checkpoint).
+// The README's first command: the whole story on the embedded tiny world.
+Target.create "Demo" (fun _ -> cleansight "demo --out out/demo")
+
+// generate on the fixture checkpoint (the core's smoke test).
 Target.create "Generate" (fun _ ->
     dotnet $"run --no-build --project src/CleanSight.Pipeline -c Release -- generate --model {fixture} --image {fixture}/probe_56.png --prompt \"What is in the picture?\" --max-new-tokens 6")
 
 "Restore" ==> "Build" ==> "Test" ==> "Scripts" ==> "Generate" |> ignore
 "Build" ==> "TrainBase" |> ignore
+"Generate" ==> "Demo" |> ignore
 for a in attacks do "Build" ==> $"Attack-{a}" |> ignore
 
 Target.runOrDefaultWithArguments "Test"

@@ -21,9 +21,10 @@ let run (args: ParseResults<GenerateArgs>) =
     // Check the prompt before loading anything heavy.
     try LlavaPrompt.Format(question, template) |> ignore
     with :? System.ArgumentException as e -> raise (InputError("--prompt", e.Message.Split(" (Parameter")[0]))
-    let options =
-        RunOptions(args.GetResult(GenerateArgs.Device, "cpu"),
-                   RunOptions.ParseDtype(args.GetResult(GenerateArgs.Dtype, "f32")))
+    let dtype =
+        try RunOptions.ParseDtype(args.GetResult(GenerateArgs.Dtype, "f32"))
+        with :? System.ArgumentException as e -> raise (InputError("--dtype", e.Message))
+    let options = RunOptions(args.GetResult(GenerateArgs.Device, "cpu"), dtype)
     let image = RgbImage.Load(args.GetResult GenerateArgs.Image)
     use session =
         LlavaSession.Load(args.GetResult GenerateArgs.Model, options,

@@ -213,17 +213,7 @@ let tests =
         }
 
         test "cli generate --dtype bf16 exits 0 and computes in bf16" {
-            let run args =
-                let out, err = new StringWriter(), new StringWriter()
-                let oldOut, oldErr = Console.Out, Console.Error
-                Console.SetOut out
-                Console.SetError err
-                try
-                    let code = CleanSight.Pipeline.Program.main (Array.ofList args)
-                    code, out.ToString(), err.ToString()
-                finally
-                    Console.SetOut oldOut
-                    Console.SetError oldErr
+            let run = Fixtures.runCli
             let json = Path.Combine(Fixtures.tempDir (), "out.json")
             let code, out, err =
                 run [ "generate"; "--model"; Fixtures.tinyLlava; "--image"; probe; "--prompt"; question

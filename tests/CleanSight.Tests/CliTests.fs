@@ -9,18 +9,7 @@ open System.Text.Json
 open System.Text.Json.Nodes
 open Expecto
 
-/// Runs the CLI in-process; returns (exit code, stdout, stderr).
-let run (args: string list) =
-    let out, err = new StringWriter(), new StringWriter()
-    let oldOut, oldErr = Console.Out, Console.Error
-    Console.SetOut out
-    Console.SetError err
-    try
-        let code = CleanSight.Pipeline.Program.main (Array.ofList args)
-        code, out.ToString(), err.ToString()
-    finally
-        Console.SetOut oldOut
-        Console.SetError oldErr
+let run = Fixtures.runCli
 
 let private probe = Path.Combine(Fixtures.tinyLlava, "probe_56.png")
 

@@ -37,3 +37,17 @@ let tinyLlavaCopy () =
     for f in Directory.GetFiles tinyLlava do
         File.Copy(f, Path.Combine(dir, Path.GetFileName f))
     dir
+
+/// Runs the `cleansight` CLI in-process; returns (exit code, stdout, stderr). Redirects the console:
+/// call it from `testSequenced` lists only.
+let runCli (args: string list) =
+    let out, err = new StringWriter(), new StringWriter()
+    let oldOut, oldErr = Console.Out, Console.Error
+    Console.SetOut out
+    Console.SetError err
+    try
+        let code = CleanSight.Pipeline.Program.main (Array.ofList args)
+        code, out.ToString(), err.ToString()
+    finally
+        Console.SetOut oldOut
+        Console.SetError oldErr
