@@ -84,8 +84,8 @@ let tableHeader =
 let private asrChart (results: AttackResult list) =
     let defenses = results.Head.Metrics |> Array.map fst
     [ for d in defenses ->
-          Chart.Column(results |> List.map (fun r -> r.Attack.name),
-                       results |> List.map (fun r -> 100.0 * (r.Metrics |> Array.find (fst >> (=) d) |> snd).Asr.Value), Name = d) ]
+          Chart.Column(values = (results |> List.map (fun r -> 100.0 * defaultArg (r.Metrics |> Array.find (fst >> (=) d) |> snd).Asr nan)),
+                       Keys = (results |> List.map (fun r -> r.Attack.name)), Name = d) ]
     |> Chart.combine
     |> Chart.withTitle "Attack success rate (%) per defense"
     |> Chart.withYAxisStyle (TitleText = "ASR %")
@@ -93,8 +93,8 @@ let private asrChart (results: AttackResult list) =
 let private utilityChart (results: AttackResult list) =
     let defenses = results.Head.Metrics |> Array.map fst
     [ for d in defenses ->
-          Chart.Column(results |> List.map (fun r -> r.Attack.name),
-                       results |> List.map (fun r -> 100.0 * defaultArg (r.Metrics |> Array.find (fst >> (=) d) |> snd).Clean.Utility nan), Name = d) ]
+          Chart.Column(values = (results |> List.map (fun r -> 100.0 * defaultArg (r.Metrics |> Array.find (fst >> (=) d) |> snd).Clean.Utility nan)),
+                       Keys = (results |> List.map (fun r -> r.Attack.name)), Name = d) ]
     |> Chart.combine
     |> Chart.withTitle "Clean utility (%, official VQA accuracy) per defense"
     |> Chart.withYAxisStyle (TitleText = "utility %")
