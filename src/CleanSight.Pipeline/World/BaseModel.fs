@@ -61,7 +61,8 @@ let questionExample (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.Llav
 /// for a share of them.
 let imageExamples (tok: LlavaTokenizer) cfg (recipe: Recipe) (pixels: float32[][]) =
     let rng = Random(int recipe.Seed)
-    let captionPrompts = [| "Describe the image briefly."; "Write a short caption for this picture." |]
+    // The committed base model was trained on the first two of the datasets' caption requests.
+    let captionPrompts = Scenes.captionPrompts.[.. 1]
     [| for i in 0 .. pixels.Length - 1 do
            let scene = Scenes.generate Splits.baseTrain i
            for qa in Scenes.vqaItems Splits.baseTrain i scene do
@@ -95,8 +96,8 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     torch.manual_seed recipe.Seed |> ignore
     let model = new LlavaForConditionalGeneration(cfg, torch.ScalarType.Float32, torch.CPU)
     TinyLlava.initialize recipe.Seed model
-    let report what every = fun step (loss: float) (lr: float) ->
-        if step % every = 0 || step = recipe.Decoder.Steps - 1 then log $"{what} step {step,5}  loss {loss:F4}  lr {lr:E2}"
+    let report what (schedule: Training.Schedule) every = fun step (loss: float) (lr: float) ->
+        if step % every = 0 || step = schedule.Steps - 1 then log $"{what} step {step,5}  loss {loss:F4}  lr {lr:E2}"
 
     // (1) the vision encoder on dense patch labels
     let indices = Array.init recipe.VisionScenes id
@@ -104,7 +105,7 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     let patch: VisionPretraining.PatchExample[] =
         indices |> Array.map (fun i ->
             { Pixels = px.[i]; Labels = Scenes.patchLabels sizes.ImageSize sizes.PatchSize (Scenes.generate Splits.visionPretrain i) })
-    VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) patch recipe.Vision (report "vision" 25)
+    VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) patch recipe.Vision (report "vision" recipe.Vision 25)
     |> ignore
 
     // (2) projector + decoder, vision frozen
@@ -118,6 +119,6 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
     let batchAt step = if step % recipe.TextEvery = recipe.TextEvery - 1 then collate (nextText step) else collate (nextImage step)
     let parameters = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower."))
-    Training.train recipe.Decoder parameters batchAt (Training.lmLoss model) (report "decoder" 50) |> ignore
+    Training.train recipe.Decoder parameters batchAt (Training.lmLoss model) (report "decoder" recipe.Decoder 50) |> ignore
     for p in model.parameters () do p.requires_grad <- false
     model

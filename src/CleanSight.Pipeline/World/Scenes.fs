@@ -369,7 +369,8 @@ let captions (scene: Scene) : string list =
       $"there is {objectList scene} on a {backgroundName scene.Background} background"
       $"{countNames.[n]} {noun} on a {backgroundName scene.Background} background: {objectList scene}" ]
 
-let private captionPrompts =
+/// The caption requests of the world's datasets.
+let captionPrompts =
     [| "Describe the image briefly."; "Write a short caption for this picture."; "What does this image show? Answer in one sentence." |]
 
 // ---------------------------------------------------------------- dataset items

@@ -26,11 +26,14 @@ let imageTokenId (s: Sizes) = s.TokenizerPieces
 let padTokenId (s: Sizes) = s.TokenizerPieces + 1
 let vocabSize (s: Sizes) = (s.TokenizerPieces + 2 + 31) / 32 * 32
 
+let private obj (fields: (string * JsonNode) list) =
+    JsonObject(fields |> Seq.map (fun (k, v) -> System.Collections.Generic.KeyValuePair(k, v)))
+
 /// config.json in the llava-hf format. LLaVA reads the last vision layer here (-1): our ViT is
 /// pretrained through it (llava-1.5 uses -2 of a CLIP trained through its last layer).
 let configJson (s: Sizes) =
     let patches = (s.ImageSize / s.PatchSize) * (s.ImageSize / s.PatchSize)
-    JsonObject(
+    obj
         [ "architectures", JsonArray(JsonValue.Create "LlavaForConditionalGeneration") :> JsonNode
           "model_type", JsonValue.Create "llava"
           "image_token_index", JsonValue.Create(imageTokenId s)
@@ -41,7 +44,7 @@ let configJson (s: Sizes) =
           "image_seq_length", JsonValue.Create patches
           "tie_word_embeddings", JsonValue.Create false
           "text_config",
-          JsonObject(
+          obj
               [ "model_type", JsonValue.Create "llama" :> JsonNode
                 "hidden_size", JsonValue.Create s.TextHidden
                 "intermediate_size", JsonValue.Create s.TextMlp
@@ -57,9 +60,8 @@ let configJson (s: Sizes) =
                 "eos_token_id", JsonValue.Create 2
                 "pad_token_id", JsonValue.Create(padTokenId s)
                 "tie_word_embeddings", JsonValue.Create false ]
-              |> Seq.map (fun (k, v) -> System.Collections.Generic.KeyValuePair(k, v)))
           "vision_config",
-          JsonObject(
+          obj
               [ "model_type", JsonValue.Create "clip_vision_model" :> JsonNode
                 "hidden_size", JsonValue.Create s.VisionHidden
                 "intermediate_size", JsonValue.Create s.VisionMlp
@@ -69,9 +71,7 @@ let configJson (s: Sizes) =
                 "patch_size", JsonValue.Create s.PatchSize
                 "hidden_act", JsonValue.Create "quick_gelu"
                 "layer_norm_eps", JsonValue.Create 1e-5
-                "num_channels", JsonValue.Create 3 ]
-              |> Seq.map (fun (k, v) -> System.Collections.Generic.KeyValuePair(k, v))) ]
-        |> Seq.map (fun (k, v) -> System.Collections.Generic.KeyValuePair(k, v)))
+                "num_channels", JsonValue.Create 3 ] ]
 
 let config (s: Sizes) = LlavaConfig.Parse(configJson s).Validate()
 
