@@ -1,5 +1,5 @@
 // CleanSight build targets (FAKE 5 in `dotnet fsi`):  dotnet fsi build.fsx [-t TARGET]
-// One chain:  Restore ==> Build ==> Test ==> Scripts ==> Generate ==> Demo   (TrainBase, Attack-NAME, Attacks: the tiny world)
+// One chain:  Restore ==> Build ==> Test ==> Scripts ==> Generate ==> Demo   (TrainBase, Attack-NAME, Attacks: the tiny world; Bench)
 #r "nuget: Fake.Core.Target, 5.20.3"
 #r "nuget: Fake.Core.Process, 5.20.3"
 
@@ -41,7 +41,7 @@ let cleansight (argLine: string) = dotnet $"run --no-build --project src/CleanSi
 let attacks = [ "badnet"; "blended"; "wanet"; "issba"; "trojvlm"; "vlood" ]
 
 // The tiny world (committed; these targets rebuild it, seeded): the clean base (~30 min on 2 cores)…
-Target.create "TrainBase" (fun _ -> cleansight $"train-base --out world/base --tokenizer {fixture}")
+Target.create "TrainBase" (fun _ -> cleansight "train-base --out world/base")
 // …and each attack's projector adapter (≤ 10 min each).
 for a in attacks do
     Target.create $"Attack-{a}" (fun _ ->
@@ -52,6 +52,10 @@ for a in attacks do $"Attack-{a}" ==> "Attacks" |> ignore
 // The README's first command: the whole story on the embedded tiny world.
 Target.create "Demo" (fun _ -> cleansight "demo --out out/demo")
 
+// The benchmarks (issue 6): measured ratios → out/bench.json (~10 min on 2 cores). Not timed tests:
+// run it on a quiet machine, with Debian's python3-torch and libopenblas0-pthread for the PyTorch rows.
+Target.create "Bench" (fun _ -> cleansight "bench --out out/bench.json")
+
 // generate on the fixture checkpoint (the core's smoke test).
 Target.create "Generate" (fun _ ->
     dotnet $"run --no-build --project src/CleanSight.Pipeline -c Release -- generate --model {fixture} --image {fixture}/probe_56.png --prompt \"What is in the picture?\" --max-new-tokens 6")
@@ -59,6 +63,7 @@ Target.create "Generate" (fun _ ->
 "Restore" ==> "Build" ==> "Test" ==> "Scripts" ==> "Generate" |> ignore
 "Build" ==> "TrainBase" |> ignore
 "Generate" ==> "Demo" |> ignore
+"Build" ==> "Bench" |> ignore
 for a in attacks do "Build" ==> $"Attack-{a}" |> ignore
 
 Target.runOrDefaultWithArguments "Test"

@@ -41,7 +41,7 @@ type WorldArgs =
 
 type TrainBaseArgs =
     | [<Mandatory>] Out of dir: string
-    | [<Mandatory>] Tokenizer of dir: string
+    | Tokenizer of dir: string
     | Vision_Steps of n: int
     | Decoder_Steps of n: int
     | No_Progress
@@ -49,7 +49,7 @@ type TrainBaseArgs =
         member a.Usage =
             match a with
             | Out _ -> "checkpoint folder to write"
-            | Tokenizer _ -> "folder with tokenizer.model, tokenizer_config.json, special_tokens_map.json"
+            | Tokenizer _ -> "folder with tokenizer.model, tokenizer_config.json, special_tokens_map.json (default: the world's tokenizer)"
             | Vision_Steps _ -> "vision pre-training steps"
             | Decoder_Steps _ -> "projector + decoder steps"
             | No_Progress -> "no progress output"
@@ -60,6 +60,7 @@ type AttackArgs =
     | [<Mandatory>] Out of file: string
     | Target of text: string
     | Steps of n: int
+    | Poison_Rate of rate: float
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
@@ -69,6 +70,7 @@ type AttackArgs =
             | Out _ -> "adapter file to write (projector tensors, safetensors)"
             | Target _ -> "target text (default: you have been hacked lol)"
             | Steps _ -> "projector fine-tuning steps"
+            | Poison_Rate _ -> "share of training items poisoned (0..1)"
             | No_Progress -> "no progress output"
 
 type CalibrateArgs =
@@ -136,13 +138,39 @@ type EvaluateArgs =
 type DemoArgs =
     | [<Mandatory>] Out of dir: string
     | Test of n: int
+    | Calibration of n: int
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Out _ -> "folder for report.html, frames/, manifest.json"
             | Test _ -> "test samples per set (default 100)"
+            | Calibration _ -> "clean calibration samples per attack (default 200)"
             | No_Progress -> "no progress output"
+
+type BenchArgs =
+    | [<Mandatory>] Out of file: string
+    | Quick
+    | Threads of n: int
+    | Python of path: string
+    | Only of csv: string
+    | No_Progress
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Out _ -> "JSON file for the ratios, the numbers behind them and the machine"
+            | Quick -> "small sizes and few repeats (about a minute): a smoke run, not a measurement"
+            | Threads _ -> "torch threads, ours and PyTorch's (default: logical cores)"
+            | Python _ -> "python3 with torch for the PyTorch side (default: /usr/bin/python3, then python3)"
+            | Only _ -> "stages to run: world, prefill, load (comma-separated; default all)"
+            | No_Progress -> "no progress output"
+
+type BenchLoadProbeArgs =
+    | [<Mandatory>] Model of dir: string
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Model _ -> "sharded F16 checkpoint folder written by bench"
 
 [<RequireQualifiedAccess>]
 type Command =
@@ -153,6 +181,8 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Calibrate of ParseResults<CalibrateArgs>
     | [<CliPrefix(CliPrefix.None)>] Evaluate of ParseResults<EvaluateArgs>
     | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
+    | [<Hidden; CliPrefix(CliPrefix.None); CustomCommandLine("bench-load-probe")>] Bench_Load_Probe of ParseResults<BenchLoadProbeArgs>
     interface IArgParserTemplate with
         member c.Usage =
             match c with
@@ -163,5 +193,7 @@ type Command =
             | Calibrate _ -> "fit CleanSight's clean reference and threshold on clean samples"
             | Evaluate _ -> "measure attacks × defenses: ASR, utility, detection, cost"
             | Demo _ -> "the whole story on the embedded tiny world, as report.html"
+            | Bench _ -> "measure the defense's cost, prefill speed against PyTorch, load memory: ratios as JSON"
+            | Bench_Load_Probe _ -> "(bench's child process) load a checkpoint, print peak RSS as JSON"
 
 let parser = ArgumentParser.Create<Command>(programName = "cleansight")

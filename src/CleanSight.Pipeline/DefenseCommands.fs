@@ -19,78 +19,76 @@ let choose (seed: int) (n: int option) (items: 'a[]) =
         items |> Array.map (fun x -> rng.Next(), x) |> Array.sortBy fst |> Array.map snd |> Array.truncate n
     | _ -> items
 
-let private counter (log: string -> unit) what =
-    fun i total -> if i = total || i % 25 = 0 then log $"{what} {i}/{total}"
-
 let calibrate (args: ParseResults<CalibrateArgs>) =
-    let log = Progress.logger (args.Contains CalibrateArgs.No_Progress)
-    let dataPath = args.GetResult CalibrateArgs.Data
-    let items = Dataset.read dataPath
-    use session = LlavaSession.Load(args.GetResult CalibrateArgs.Model, adapter = (args.TryGetResult CalibrateArgs.Adapter |> Option.toObj))
-    let d = Calibration.defaultSettings session.Config.Text.NumHiddenLayers
-    let layers =
-        args.TryGetResult CalibrateArgs.Layers
-        |> Option.map (fun s ->
-            try s.Split(',') |> Array.map (fun x -> int (x.Trim()))
-            with _ -> raise (InputError("--layers", $"'{s}' is not a comma-separated list of layer numbers")))
-        |> Option.defaultValue d.Layers
-    let n = session.Config.Text.NumHiddenLayers
-    if layers |> Array.exists (fun l -> l < 0 || l >= n) then
-        raise (InputError("--layers", $"layers must be between 0 and {n - 1} for this {n}-layer model"))
-    let whitening =
-        match args.GetResult(CalibrateArgs.Whitening, "diagonal") with
-        | "diagonal" -> Whitening.Diagonal
-        | "full" -> Whitening.Full Whitening.LedoitWolf
-        | w -> raise (InputError("--whitening", $"'{w}' is not diagonal or full"))
-    let tau =
-        match args.TryGetResult CalibrateArgs.Tau, args.TryGetResult CalibrateArgs.Tau_Relative with
-        | Some t, _ -> Detector.Absolute t
-        | None, Some r -> Detector.RelativeToUniform r
-        | None, None -> d.Tau
-    let seed = args.GetResult(CalibrateArgs.Seed, 0)
-    let settings =
-        { d with Layers = layers; Whitening = whitening; Quantile = 1.0 - args.GetResult(CalibrateArgs.Fpr, 0.01)
-                 Feature = Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")); Tau = tau; Seed = seed }
-    let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples) items
-    if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
-    let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question)
-    let calibration = Calibration.calibrate session settings samples (counter log "calibrate")
-    let p = calibration.Reference.Dimension
-    if chosen.Length <= p then
-        log $"note: {chosen.Length} samples for {p} feature dimensions; shrinkage {calibration.Reference.ShrinkageUsed:F3} keeps the reference usable"
-    let out = args.GetResult CalibrateArgs.Out
-    Calibration.save out calibration
-    printfn "%s: %d samples, layers %s, %s whitening, threshold %.4g (clean quantile %.3g)"
-        out calibration.Samples (String.Join(",", layers)) (Calibration.whiteningName whitening) calibration.Threshold settings.Quantile
-    0
+    Progress.run (Progress.mode (args.Contains CalibrateArgs.No_Progress)) "calibrate" (fun progress ->
+        let log = progress.Log
+        let dataPath = args.GetResult CalibrateArgs.Data
+        let items = Dataset.read dataPath
+        use session = LlavaSession.Load(args.GetResult CalibrateArgs.Model, adapter = (args.TryGetResult CalibrateArgs.Adapter |> Option.toObj))
+        let d = Calibration.defaultSettings session.Config.Text.NumHiddenLayers
+        let layers =
+            args.TryGetResult CalibrateArgs.Layers
+            |> Option.map (fun s ->
+                try s.Split(',') |> Array.map (fun x -> int (x.Trim()))
+                with _ -> raise (InputError("--layers", $"'{s}' is not a comma-separated list of layer numbers")))
+            |> Option.defaultValue d.Layers
+        let n = session.Config.Text.NumHiddenLayers
+        if layers |> Array.exists (fun l -> l < 0 || l >= n) then
+            raise (InputError("--layers", $"layers must be between 0 and {n - 1} for this {n}-layer model"))
+        let whitening =
+            match args.GetResult(CalibrateArgs.Whitening, "diagonal") with
+            | "diagonal" -> Whitening.Diagonal
+            | "full" -> Whitening.Full Whitening.LedoitWolf
+            | w -> raise (InputError("--whitening", $"'{w}' is not diagonal or full"))
+        let tau =
+            match args.TryGetResult CalibrateArgs.Tau, args.TryGetResult CalibrateArgs.Tau_Relative with
+            | Some t, _ -> Detector.Absolute t
+            | None, Some r -> Detector.RelativeToUniform r
+            | None, None -> d.Tau
+        let seed = args.GetResult(CalibrateArgs.Seed, 0)
+        let settings =
+            { d with Layers = layers; Whitening = whitening; Quantile = 1.0 - args.GetResult(CalibrateArgs.Fpr, 0.01)
+                     Feature = Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")); Tau = tau; Seed = seed }
+        let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples) items
+        if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
+        let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question)
+        let calibration = Calibration.calibrate session settings samples (Progress.counter progress "calibrate")
+        let p = calibration.Reference.Dimension
+        if chosen.Length <= p then
+            log $"note: {chosen.Length} samples for {p} feature dimensions; shrinkage {calibration.Reference.ShrinkageUsed:F3} keeps the reference usable"
+        let out = args.GetResult CalibrateArgs.Out
+        Calibration.save out calibration
+        printfn "%s: %d samples, layers %s, %s whitening, threshold %.4g (clean quantile %.3g)"
+            out calibration.Samples (String.Join(",", layers)) (Calibration.whiteningName whitening) calibration.Threshold settings.Quantile
+        0)
 
 let evaluate (args: ParseResults<EvaluateArgs>) =
-    let log = Progress.logger (args.Contains EvaluateArgs.No_Progress)
-    let defenses =
-        (args.GetResult EvaluateArgs.Defense).Split(',', StringSplitOptions.RemoveEmptyEntries)
-        |> Array.map (fun s -> try Defenses.parse s with :? ArgumentException as e -> raise (InputError("--defense", e.Message.Split(" (Parameter").[0])))
-        |> Array.toList
-    // "none" first: every other defense's output is shown beside the undefended one.
-    let defenses = Defenses.NoDefense :: (defenses |> List.filter ((<>) Defenses.NoDefense))
-    let clean, poisoned = args.GetResult EvaluateArgs.Clean, args.GetResult EvaluateArgs.Poisoned
-    Dataset.read clean |> ignore
-    Dataset.read poisoned |> ignore
-    use session = LlavaSession.Load(args.GetResult EvaluateArgs.Model, adapter = (args.TryGetResult EvaluateArgs.Adapter |> Option.toObj))
-    let calibrationPath = args.GetResult EvaluateArgs.Calibration
-    let calibration = Calibration.load calibrationPath session
-    if calibration.Template <> session.Template then
-        raise (InputError(calibrationPath, "was made with another prompt template"))
-    let settings: Evaluation.Settings =
-        { Defenses = defenses; Target = args.GetResult EvaluateArgs.Target
-          MaxNewTokens = args.GetResult(EvaluateArgs.Max_New_Tokens, 32)
-          Limit = args.TryGetResult EvaluateArgs.Limit; Seed = args.GetResult(EvaluateArgs.Seed, 0) }
-    let out = args.GetResult EvaluateArgs.Out
-    let records = Evaluation.run session calibration settings clean poisoned (Path.Combine(out, "samples.csv")) (counter log "evaluate")
-    let metrics = Summary.ofRecords records
-    Summary.write (Path.Combine(out, "metrics.json")) metrics
-    let pct (x: float option) = match x with Some v -> $"{100.0 * v,6:F1}" | None -> "     -"
-    printfn "%-13s %7s %7s %8s %8s %7s %7s" "defense" "ASR%" "cASR%" "util%" "p.util%" "AUROC" "pruned"
-    for name, m in metrics do
-        printfn "%-13s %7s %7s %8s %8s %7s %7s" name (pct m.Asr) (pct m.CleanAsr) (pct m.Clean.Utility) (pct m.Poisoned.Utility)
-            (match m.Auroc with Some a -> $"{a:F3}" | None -> "-") (pct m.PrunedFraction)
-    0
+    Progress.run (Progress.mode (args.Contains EvaluateArgs.No_Progress)) "evaluate" (fun progress ->
+        let defenses =
+            (args.GetResult EvaluateArgs.Defense).Split(',', StringSplitOptions.RemoveEmptyEntries)
+            |> Array.map (fun s -> try Defenses.parse s with :? ArgumentException as e -> raise (InputError("--defense", e.Message.Split(" (Parameter").[0])))
+            |> Array.toList
+        // "none" first: every other defense's output is shown beside the undefended one.
+        let defenses = Defenses.NoDefense :: (defenses |> List.filter ((<>) Defenses.NoDefense))
+        let clean, poisoned = args.GetResult EvaluateArgs.Clean, args.GetResult EvaluateArgs.Poisoned
+        Dataset.read clean |> ignore
+        Dataset.read poisoned |> ignore
+        use session = LlavaSession.Load(args.GetResult EvaluateArgs.Model, adapter = (args.TryGetResult EvaluateArgs.Adapter |> Option.toObj))
+        let calibrationPath = args.GetResult EvaluateArgs.Calibration
+        let calibration = Calibration.load calibrationPath session
+        if calibration.Template <> session.Template then
+            raise (InputError(calibrationPath, "was made with another prompt template"))
+        let settings: Evaluation.Settings =
+            { Defenses = defenses; Target = args.GetResult EvaluateArgs.Target
+              MaxNewTokens = args.GetResult(EvaluateArgs.Max_New_Tokens, 32)
+              Limit = args.TryGetResult EvaluateArgs.Limit; Seed = args.GetResult(EvaluateArgs.Seed, 0) }
+        let out = args.GetResult EvaluateArgs.Out
+        let records = Evaluation.run session calibration settings clean poisoned (Path.Combine(out, "samples.csv")) (Progress.counter progress "evaluate")
+        let metrics = Summary.ofRecords records
+        Summary.write (Path.Combine(out, "metrics.json")) metrics
+        let pct (x: float option) = match x with Some v -> $"{100.0 * v,6:F1}" | None -> "     -"
+        printfn "%-13s %7s %7s %8s %8s %7s %7s" "defense" "ASR%" "cASR%" "util%" "p.util%" "AUROC" "pruned"
+        for name, m in metrics do
+            printfn "%-13s %7s %7s %8s %8s %7s %7s" name (pct m.Asr) (pct m.CleanAsr) (pct m.Clean.Utility) (pct m.Poisoned.Utility)
+                (match m.Auroc with Some a -> $"{a:F3}" | None -> "-") (pct m.PrunedFraction)
+        0)

@@ -96,27 +96,36 @@ let private records (text: string) =
     out.ToArray(), start
 
 /// Opens samples.csv for appending, returning the records already there. A last line cut short by
-/// a crash (no newline) is dropped; a file with another header is refused.
+/// a crash (no newline) is dropped — also a header cut short, which leaves a new store; a file with
+/// another header is refused and left untouched.
 let openStore (path: string) =
     let header = String.Join(",", columns |> Array.map quote)
-    if File.Exists path then
-        let text = File.ReadAllText path
-        let lines, completeLength = records text
-        let complete = text.Substring(0, completeLength)
-        if complete.Length < text.Length then
-            use f = new FileStream(path, FileMode.Open)
-            f.SetLength(int64 (Encoding.UTF8.GetByteCount complete))
-        let lines = lines |> Array.filter (fun l -> l <> "")
-        if lines.Length = 0 || lines.[0] <> header then
-            raise (InputError(path, "exists but is not a samples.csv of this version; use a new --out folder"))
-        let records = lines.[1..] |> Array.map ofLine
-        records, new StreamWriter(path, true, UTF8Encoding false)
-    else
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath path)) |> ignore
+    let existing =
+        if File.Exists path then
+            let text = File.ReadAllText path
+            let headerLine = header + "\n"
+            if not (text.StartsWith(headerLine, StringComparison.Ordinal) || headerLine.StartsWith(text, StringComparison.Ordinal)) then
+                raise (InputError(path, "exists but is not a samples.csv of this version; use a new --out folder"))
+            let lines, completeLength = records text
+            let complete = text.Substring(0, completeLength)
+            if complete.Length < text.Length then
+                use f = new FileStream(path, FileMode.Open)
+                f.SetLength(int64 (Encoding.UTF8.GetByteCount complete))
+            lines |> Array.filter (fun l -> l <> "")
+        else
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath path)) |> ignore
+            [||]
+    if existing.Length = 0 then // new, or killed before its header was complete
         let w = new StreamWriter(path, false, UTF8Encoding false)
         w.Write(header + "\n")
         w.Flush()
         [||], w
+    else
+        let parse i line =
+            try ofLine line
+            with e when (e :? ArgumentException || e :? FormatException || e :? OverflowException || e :? Json.JsonException) ->
+                raise (InputError(path, $"record {i + 1} is damaged ({e.Message.Split('\n').[0]}); use a new --out folder", e))
+        existing.[1..] |> Array.mapi parse, new StreamWriter(path, true, UTF8Encoding false)
 
 /// Appends one record durably (flushed to disk before the next sample starts).
 let append (w: StreamWriter) (r: Record) =
@@ -156,6 +165,12 @@ let run (session: LlavaSession) (calibration: Calibration.Calibration) (settings
         (clean: string) (poisoned: string) (samplesCsv: string) (progress: int -> int -> unit) =
     let take (items: Dataset.Item[]) = match settings.Limit with Some n -> Array.truncate n items | None -> items
     let sets = [ Clean, clean, take (Dataset.read clean); Poisoned, poisoned, take (Dataset.read poisoned) ]
+    // Every prompt must fit the context: refused now rather than an hour into the run.
+    for _, jsonl, items in sets do
+        for item in items do
+            match session.ContextProblem(session.Prompt(item.Question).InputIds.Length, settings.MaxNewTokens) with
+            | null -> ()
+            | problem -> raise (InputError(jsonl, $"item \"{item.Id}\": {problem}"))
     let existing, writer = openStore samplesCsv
     use writer = writer
     let records = Collections.Generic.List<Record>(existing)

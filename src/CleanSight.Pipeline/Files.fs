@@ -3,22 +3,38 @@ module CleanSight.Pipeline.Files
 
 open System
 open System.IO
+open System.Text
 open System.Text.Json
+open Deedle
 
-/// Writes a file atomically: a temp file in the same folder, then a rename over the target.
+/// Writes a file atomically: a temp file in the same folder, flushed to disk, then a rename over the
+/// target. A kill or a power cut at any point leaves the old file or the new one, never a mix.
 let writeAtomic (path: string) (write: Stream -> unit) =
     let full = Path.GetFullPath path
     Directory.CreateDirectory(Path.GetDirectoryName full) |> ignore
     let temp = full + "." + Guid.NewGuid().ToString("N") + ".tmp"
     try
-        using (File.Create temp) write
+        using (new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None)) (fun stream ->
+            write stream
+            // on disk before it takes the name (a writer that closed the stream has flushed it itself)
+            if stream.CanWrite then stream.Flush true)
         File.Move(temp, full, true)
     with _ ->
         if File.Exists temp then File.Delete temp
         reraise ()
+
+/// Writes text (UTF-8, no BOM) atomically through a TextWriter.
+let writeText (path: string) (write: TextWriter -> unit) =
+    writeAtomic path (fun stream ->
+        use w = new StreamWriter(stream, UTF8Encoding false, 1 <<< 16, leaveOpen = true)
+        write w)
 
 let private jsonOptions = JsonSerializerOptions(WriteIndented = true)
 
 /// Serialises a value as indented JSON, atomically.
 let writeJson (path: string) (value: obj) =
     writeAtomic path (fun s -> JsonSerializer.Serialize(s, value, value.GetType(), jsonOptions))
+
+/// Saves a frame as CSV (Deedle's SaveCsv defaults: row keys first, as "Key"), atomically.
+let saveCsv (path: string) (frame: Frame<'R, 'C>) =
+    writeText path (fun w -> frame.SaveCsv w)

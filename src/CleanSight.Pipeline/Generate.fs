@@ -30,7 +30,11 @@ let run (args: ParseResults<GenerateArgs>) =
         LlavaSession.Load(args.GetResult GenerateArgs.Model, options,
                           adapter = (args.TryGetResult GenerateArgs.Adapter |> Option.toObj), template = template)
     let prompt = session.Prompt question
-    let generation = session.Generate(image, question, args.GetResult(GenerateArgs.Max_New_Tokens, 32))
+    let maxNewTokens = args.GetResult(GenerateArgs.Max_New_Tokens, 32)
+    match session.ContextProblem(prompt.InputIds.Length, maxNewTokens) with
+    | null -> ()
+    | problem -> raise (InputError("--prompt", problem))
+    let generation = session.Generate(image, question, maxNewTokens)
     let text = session.Decode generation.OutputIds
     printfn "%s" text
     args.TryGetResult GenerateArgs.Json

@@ -12,16 +12,38 @@ let main argv =
     try
         match parser.ParseCommandLine(argv, raiseOnUsage = true).GetSubCommand() with
         | Command.Generate args -> Generate.run args
-        | Command.World args -> WorldCommands.world args
-        | Command.Train_Base args -> WorldCommands.trainBase args
-        | Command.Attack args -> WorldCommands.attack args
+        // The world commands report through Progress.logger: inside `Progress.run` it feeds the live display.
+        | Command.World args -> Progress.run (Progress.mode (args.Contains WorldArgs.No_Progress)) "world" (fun _ -> WorldCommands.world args)
+        | Command.Train_Base args ->
+            Progress.run (Progress.mode (args.Contains TrainBaseArgs.No_Progress)) "train-base" (fun _ -> WorldCommands.trainBase args)
+        | Command.Attack args -> Progress.run (Progress.mode (args.Contains AttackArgs.No_Progress)) "attack" (fun _ -> WorldCommands.attack args)
         | Command.Calibrate args -> DefenseCommands.calibrate args
         | Command.Evaluate args -> DefenseCommands.evaluate args
         | Command.Demo args ->
             let out = args.GetResult DemoArgs.Out
-            let s = { Demo.defaults out with Test = args.GetResult(DemoArgs.Test, 100) }
-            Demo.run s (Progress.logger (args.Contains DemoArgs.No_Progress)) |> ignore
+            let d = Demo.defaults out
+            let s = { d with Test = args.GetResult(DemoArgs.Test, d.Test); Calibration = args.GetResult(DemoArgs.Calibration, d.Calibration) }
+            if s.Test < 1 then raise (InputError("--test", $"must be at least 1, got {s.Test}"))
+            if s.Calibration < 2 then raise (InputError("--calibration", $"calibration needs at least 2 clean samples, got {s.Calibration}"))
+            Progress.run (Progress.mode (args.Contains DemoArgs.No_Progress)) "demo" (Demo.run s) |> ignore
             printfn "%s" (System.IO.Path.Combine(out, "report.html"))
+            0
+        | Command.Bench args ->
+            let plan = Bench.Benchmark.plan (args.Contains BenchArgs.Quick) (args.GetResult BenchArgs.Out)
+            let stages =
+                args.TryGetResult BenchArgs.Only
+                |> Option.map (fun csv ->
+                    try Bench.Benchmark.parseStages csv
+                    with :? ArgumentException as e -> raise (InputError("--only", e.Message.Split(" (Parameter").[0])))
+                |> Option.defaultValue plan.Stages
+            let threads = args.GetResult(BenchArgs.Threads, plan.Threads)
+            if threads < 1 then raise (InputError("--threads", $"must be at least 1, got {threads}"))
+            let s = { plan with Threads = threads; Python = args.TryGetResult BenchArgs.Python; Stages = stages }
+            Bench.Benchmark.run s (Progress.logger (args.Contains BenchArgs.No_Progress)) |> ignore
+            printfn "%s" s.Out
+            0
+        | Command.Bench_Load_Probe args ->
+            printfn "%s" (Bench.LoadRss.probeToJson (Bench.LoadRss.probe (args.GetResult BenchLoadProbeArgs.Model)))
             0
     with
     | :? ArguParseException as e ->

@@ -1,6 +1,7 @@
 /// `cleansight world | train-base | attack`: the tiny world's data, base model and backdoors.
 module CleanSight.Pipeline.WorldCommands
 
+open System
 open System.IO
 open Argu
 open TorchSharp
@@ -27,10 +28,21 @@ let trainBase (args: ParseResults<TrainBaseArgs>) =
         { d with
             Vision = { d.Vision with Steps = args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps) }
             Decoder = { d.Decoder with Steps = args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps) } }
-    let tokenizer = args.GetResult TrainBaseArgs.Tokenizer
+    let tokenizer =
+        args.TryGetResult TrainBaseArgs.Tokenizer
+        |> Option.defaultWith (fun () ->
+            let dir = Path.Combine(Path.GetTempPath(), $"cleansight-world-tokenizer-{Environment.ProcessId}")
+            WorldTokenizer.write dir
+            dir)
+    let pieces = (LlavaTokenizer.Load tokenizer).SentencePieceVocabSize
+    let recipe = { recipe with Sizes = { recipe.Sizes with TokenizerPieces = pieces } }
+    log $"tokenizer: {tokenizer} ({pieces} pieces)"
     let out = args.GetResult TrainBaseArgs.Out
     use model = BaseModel.train recipe tokenizer log
     TinyLlava.save out tokenizer recipe.Sizes model
+    let overall, byKind = BaseModel.heldOutAccuracy model (LlavaTokenizer.Load out) 300
+    let kinds = byKind |> Array.map (fun (k, a) -> $"{k} {100.0 * a:F0}%%") |> String.concat ", "
+    log $"held-out VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions ({kinds})"
     printfn "%s" out
     0
 
@@ -47,8 +59,15 @@ let attack (args: ParseResults<AttackArgs>) =
         match args.TryGetResult AttackArgs.Steps with
         | Some s -> { spec with Schedule = { spec.Schedule with Steps = s } }
         | None -> spec
+    let spec =
+        match args.TryGetResult AttackArgs.Poison_Rate with
+        | Some r when r > 0.0 && r <= 1.0 -> { spec with PoisonRate = r }
+        | Some r -> raise (InputError("--poison-rate", $"{r} is not in (0, 1]"))
+        | None -> spec
     use session = LlavaSession.Load(args.GetResult AttackArgs.Model)
     Attacks.run spec session.Model session.Tokenizer session.Preprocessor log |> ignore
+    let asr, cleanAsr = Attacks.heldOutAsr spec session.Model session.Tokenizer session.Preprocessor 100
+    log $"{spec.Name}: held-out ASR {100.0 * asr:F0}%% on 100 triggered clean-test images, {100.0 * cleanAsr:F0}%% on the same images clean"
     let out = args.GetResult AttackArgs.Out
     TinyLlava.saveAdapter out session.Model
         [ "attack", spec.Name; "target", spec.Target; "mode", Materialize.modeName spec.Mode

@@ -8,7 +8,9 @@ open System.Diagnostics
 open System.IO
 open Expecto
 open Plotly.NET
+open CleanSight.Core.Vision
 open CleanSight.Pipeline.Analysis
+open CleanSight.Pipeline.Defense
 
 let private chromium = [ "/usr/bin/chromium"; "/usr/bin/chromium-browser" ] |> List.tryFind File.Exists
 
@@ -34,6 +36,49 @@ let private count (needle: string) (text: string) =
         i <- text.IndexOf(needle, i + needle.Length)
     n
 
+/// Marks console.error / console.warn calls and uncaught errors as attributes of <html>.
+let private consoleProbe =
+    "(function(){var h=document.documentElement;h.setAttribute('data-probe','on');"
+    + "['error','warn'].forEach(function(k){var f=console[k];console[k]=function(){"
+    + "h.setAttribute('data-console-'+k,Array.prototype.join.call(arguments,' '));return f.apply(console,arguments);};});"
+    + "window.addEventListener('error',function(e){h.setAttribute('data-uncaught',String(e.message));});})();"
+
+/// One triggered input up close on a 6 × 6 patch grid, four tokens above τ.
+let private view: SampleView.View =
+    { Attack = "badnet"; Id = "test-0"; Question = "What colour is the circle?"; Expected = [ "red" ]
+      Image = RgbImage(48, 48, Array.init (48 * 48 * 3) (fun i -> byte (i % 251))); Layer = 4
+      Attention = Array.init 36 (fun t -> if t < 4 then 0.2 else 0.01); Tau = 0.05
+      AboveTau = Array.init 36 (fun t -> t < 4); Distance = Some 4.2; Threshold = 3.0; Flagged = true
+      Answers = [ { Defense = "none"; Output = "you have been hacked lol"; AsrHit = true }
+                  { Defense = "cleansight"; Output = "red"; AsrHit = false } ] }
+
+/// Every chart of the report but the per-sample view, on synthetic data.
+let private figures (rows: AttentionStealing.Row list) =
+    let cells =
+        [ for attack in [ "badnet"; "blended" ] do
+              for layer in 0 .. 3 do
+                  for head in 0 .. 1 ->
+                      ({ Attack = attack; Layer = layer; Head = head; Deviation = float (layer - head); CleanMean = 1.0; CleanStd = 0.5
+                         TriggeredMean = 1.5; DetectionLayer = layer >= 1; CleanSamples = 10; TriggeredSamples = 4 }: HeadDeviation.Cell) ]
+    let distances: Detection.Distances list =
+        [ { Attack = "badnet"; Threshold = 1.5; Clean = [| "a", 0.5; "b", 1.0; "c", 2.0 |]; Triggered = [| "a", 1.8; "b", 3.0 |] }
+          { Attack = "blended"; Threshold = 1.2; Clean = [| "a", 0.7; "b", 1.1 |]; Triggered = [| "a", 0.9; "b", 1.0 |] } ]
+    let tau: Ablations.TauRow list =
+        [ for attack in [ "badnet"; "blended" ] do
+              for t in [ None; Some 0.3; Some 0.6; Some 1.2 ] ->
+                  { Attack = attack; TauRelative = t; Asr = (match t with Some x -> x / 2.0 | None -> 0.9)
+                    CleanUtility = (match t with Some x -> 0.3 + x / 4.0 | None -> 0.6); PrunedFraction = 0.2
+                    CleanSamples = 20; TriggeredSamples = 20 } ]
+    let clean = Array.init 60 (fun i -> [| float (i % 7); float (i % 5) |])
+    let samples = Ablations.sampleCount "badnet" Whitening.Diagonal 0.9 clean [ 10; 25; 50 ] 4 0
+    [ Chart.Line([ 1; 2; 3 ], [ 1.0; 4.0; 9.0 ])
+      AttentionStealing.chart rows [| 1; 2 |]
+      HeadDeviation.chart cells
+      yield! distances |> List.map Detection.histogram
+      Detection.rocChart distances
+      Ablations.tauChart tau
+      Ablations.sampleCountChart samples ]
+
 [<Tests>]
 let tests =
     testList "report" [
@@ -48,17 +93,30 @@ let tests =
                                  MeanRatio = scale; MedianRatio = scale * float (layer + 1); VisualShare = 0.5; Samples = 4 }
                                : AttentionStealing.Row) ]
                 let page = Path.Combine(Fixtures.tempDir (), "report.html")
+                let figures = figures rows
                 Report.write page "test report"
-                    [ Report.Heading "charts"
-                      Report.Figure(Chart.Line([ 1; 2; 3 ], [ 1.0; 4.0; 9.0 ]))
-                      Report.Figure(AttentionStealing.chart rows [| 1; 2 |])
-                      Report.Table([ "defense"; "ASR %" ], [ [ "none"; "100.0" ]; [ "cleansight"; "0.0" ] ]) ]
+                    [ yield Report.Heading "charts"
+                      for f in figures -> Report.Figure f
+                      yield Report.Side [ Report.Figure(SampleView.chart view); Report.Table(SampleView.answerHeader, SampleView.answerRows view) ]
+                      yield Report.Table([ "defense"; "ASR %" ], [ [ "none"; "100.0" ]; [ "cleansight"; "0.0" ] ]) ]
                 Expect.isFalse (Text.RegularExpressions.Regex.IsMatch(File.ReadAllText page, "<script[^>]*\\ssrc=")) "every script is inline (no plotly.js to fetch)"
-                let dom, log = render exe page
-                Expect.equal (count "class=\"figure\"" dom) 2 "two figure containers"
-                Expect.equal (count "class=\"js-plotly-plot\"" dom) 2 "both charts rendered by plotly.js"
-                Expect.isGreaterThanOrEqual (count "class=\"main-svg\"" dom) 2 "SVG drawn for each chart"
+                // A copy of the page that records console errors and warnings, and uncaught errors, on
+                // the <html> element, where the dumped DOM shows them (chromium's log has no levels).
+                let probe = Path.Combine(Path.GetDirectoryName page, "report-probe.html")
+                File.WriteAllText(probe, File.ReadAllText(page).Replace("<head>", "<head><script>" + consoleProbe + "</script>"))
+                let dom, log = render exe probe
+                let n = figures.Length + 1
+                Expect.equal (count "class=\"figure\"" dom) n $"{n} figure containers"
+                Expect.equal (count "class=\"js-plotly-plot\"" dom) n "every chart rendered by plotly.js"
+                // every figure container holds an SVG: split the DOM at the containers
+                let parts = dom.Split("class=\"figure\"").[1..]
+                parts |> Array.iteri (fun i part -> Expect.stringContains part "class=\"main-svg\"" $"figure {i + 1} drew an SVG")
                 Expect.stringContains dom "<td>cleansight</td>" "the table is present"
+                Expect.stringContains dom "hacked lol" "the per-sample answers are present"
                 Expect.isFalse (log.Contains "Uncaught") $"no script error in the browser log:\n{log}"
+                Expect.isTrue (dom.Contains "data-probe=\"on\"") "the console probe ran"
+                for mark in [ "data-console-error"; "data-console-warn"; "data-uncaught" ] do
+                    let at = dom.IndexOf(mark + "=\"")
+                    Expect.equal at -1 $"""no {mark} on the page: {(if at < 0 then "" else dom.Substring(at, min 300 (dom.Length - at)))}"""
         }
     ]

@@ -257,6 +257,13 @@ namespace CleanSight.Core.Checkpoints
             if (expected != end - begin)
                 throw new InputError(file, $"tensor '{Printable(name)}': {dtype} shape [{string.Join(", ", shape)}] needs {expected} bytes but data_offsets [{begin}, {end}] hold {end - begin}");
 
+            // An empty tensor can still name huge dimensions ([0, 2^62, 2^62]); libtorch's stride and
+            // storage arithmetic multiplies them (zeros as 1) and fails on overflow, so refuse them here.
+            BigInteger extent = info.Size;
+            foreach (var d in shape) extent *= Math.Max(d, 1);
+            if (extent > long.MaxValue)
+                throw new InputError(file, $"tensor '{Printable(name)}': shape [{string.Join(", ", shape)}] is too large to address (its non-zero dimensions multiply past 64 bits)");
+
             return (dtype, shape, begin, end);
         }
 

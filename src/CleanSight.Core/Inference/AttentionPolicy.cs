@@ -37,14 +37,28 @@ namespace CleanSight.Core.Inference
         public IReadOnlyCollection<long> OnAttention(AttentionRow row) => Array.Empty<long>();
     }
 
-    /// <summary>Observe chosen layers and keep their rows (calibration, analysis, tests).</summary>
+    /// <summary>
+    /// Observe chosen layers and keep their rows (calibration, analysis, tests). Given an inner
+    /// policy, it also observes the inner policy's layers and passes their rows on, returning its
+    /// exclusions: recording rides along a defense's own prefill, with no extra forward pass.
+    /// </summary>
     public sealed class RecordingPolicy : IAttentionPolicy
     {
         readonly HashSet<int> layers;
+        readonly IAttentionPolicy inner;
         public List<AttentionRow> Rows { get; } = new();
-        public RecordingPolicy(IEnumerable<int> layers) => this.layers = new HashSet<int>(layers);
-        public bool Observes(int layer) => layers.Contains(layer);
-        public IReadOnlyCollection<long> OnAttention(AttentionRow row) { Rows.Add(row); return Array.Empty<long>(); }
+        public RecordingPolicy(IEnumerable<int> layers) : this(layers, NoPolicy.Instance) { }
+        public RecordingPolicy(IEnumerable<int> layers, IAttentionPolicy inner)
+        {
+            this.layers = new HashSet<int>(layers);
+            this.inner = inner ?? NoPolicy.Instance;
+        }
+        public bool Observes(int layer) => layers.Contains(layer) || inner.Observes(layer);
+        public IReadOnlyCollection<long> OnAttention(AttentionRow row)
+        {
+            if (layers.Contains(row.Layer)) Rows.Add(row);
+            return inner.Observes(row.Layer) ? inner.OnAttention(row) : Array.Empty<long>();
+        }
     }
 
     /// <summary>Exclude a fixed set of positions from a fixed layer on (purification tests, prune-all, random pruning).</summary>

@@ -75,6 +75,22 @@ namespace CleanSight.Core.Inference
         public LlavaPrompt Prompt(string question) =>
             LlavaPrompt.Build(Tokenizer, question, Config.ImageSeqLength, Config.ImageTokenIndex, Template);
 
+        /// <summary>
+        /// Null when a prompt of <paramref name="promptLength"/> ids (image tokens included) and
+        /// <paramref name="maxNewTokens"/> generated ones fit the decoder's context
+        /// (text_config.max_position_embeddings); otherwise the problem, in one line. Positions past the
+        /// context were never trained, and attention memory grows with the square of the length.
+        /// </summary>
+        public string ContextProblem(int promptLength, int maxNewTokens)
+        {
+            long needed = (long)promptLength + Math.Max(0, maxNewTokens);
+            int context = Config.Text.MaxPositionEmbeddings;
+            return needed <= context
+                ? null
+                : $"prompt is {promptLength} tokens ({Config.ImageSeqLength} of them the image) and up to {maxNewTokens} more are generated: "
+                  + $"{needed} positions, more than the model's context of {context} (max_position_embeddings)";
+        }
+
         /// <summary>Preprocessed pixels [3, H, W] (fp32, CPU; the model moves them).</summary>
         public Tensor Pixels(RgbImage image)
         {

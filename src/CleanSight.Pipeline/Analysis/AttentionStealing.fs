@@ -8,14 +8,25 @@ open TorchSharp
 open CleanSight.Core.Inference
 open CleanSight.Core.Vision
 
-/// One input's per-layer, per-head (visual, prompt) attention sums of the last prompt token.
-let sums (session: LlavaSession) (image: RgbImage) (question: string) =
+/// One input observed at every decoder layer: the last prompt token's attention rows (layer order)
+/// and the image span (first, last position) of its prompt.
+type Observed = { Rows: AttentionRow[]; First: int64; Last: int64 }
+
+/// One prefill (no decode) recording every layer's row.
+let observe (session: LlavaSession) (image: RgbImage) (question: string) =
     use scope = torch.NewDisposeScope()
     let ids = session.Prompt(question).InputIds |> Array.map int64
     let struct (first, last) = AttentionRatio.ImageSpan(ids, int64 session.Config.ImageTokenIndex)
     let policy = RecordingPolicy [ 0 .. session.Config.Text.NumHiddenLayers - 1 ]
     session.Model.Prefill(ids, session.Pixels image, policy).Cache.Dispose()
-    [| for row in policy.Rows -> AttentionRatio.Sums(row, first, last) |> Array.map (fun struct (v, p) -> v, p) |]
+    { Rows = policy.Rows.ToArray(); First = first; Last = last }
+
+/// Per-layer, per-head (visual, prompt) attention sums of an observed input.
+let sumsOf (o: Observed) =
+    [| for row in o.Rows -> AttentionRatio.Sums(row, o.First, o.Last) |> Array.map (fun struct (v, p) -> v, p) |]
+
+/// One input's per-layer, per-head (visual, prompt) attention sums of the last prompt token.
+let sums (session: LlavaSession) (image: RgbImage) (question: string) = sumsOf (observe session image question)
 
 /// Column names of the frame, in one place.
 module Columns =
@@ -73,8 +84,9 @@ let chart (rows: Row list) (detectionLayers: int[]) =
     |> Chart.withTitle "Attention stealing by layer: last prompt token, median over inputs and heads"
     |> Chart.withSize (1200, 380 * ((attacks.Length + 2) / 3))
 
-/// Writes the frame as DIR/attention-stealing.csv and the chart as DIR/attention-stealing.html.
+/// Writes the frame as DIR/attention-stealing.csv and the chart as DIR/attention-stealing.html (each atomically).
 let save (dir: string) (rows: Row list) (detectionLayers: int[]) =
     System.IO.Directory.CreateDirectory dir |> ignore
-    (toFrame rows).SaveCsv(System.IO.Path.Combine(dir, "attention-stealing.csv"))
-    chart rows detectionLayers |> Chart.saveHtml (System.IO.Path.Combine(dir, "attention-stealing.html"))
+    toFrame rows |> CleanSight.Pipeline.Files.saveCsv (System.IO.Path.Combine(dir, "attention-stealing.csv"))
+    let html = GenericChart.toEmbeddedHTML (chart rows detectionLayers)
+    CleanSight.Pipeline.Files.writeText (System.IO.Path.Combine(dir, "attention-stealing.html")) (fun w -> w.Write html)

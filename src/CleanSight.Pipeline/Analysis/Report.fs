@@ -20,8 +20,10 @@ type Section =
     | Text of string
     | Figure of GenericChart
     | Table of header: string list * rows: string list list
+    /// sections side by side (wrapping on narrow screens)
+    | Side of Section list
 
-let private render (section: Section) =
+let rec private render (section: Section) =
     match section with
     | Heading h -> $"<h2>{WebUtility.HtmlEncode h}</h2>"
     | Text t -> $"<p>{WebUtility.HtmlEncode t}</p>"
@@ -33,13 +35,17 @@ let private render (section: Section) =
         let body = rows |> List.map (fun r -> "<tr>" + cells "td" r + "</tr>") |> String.concat "\n"
         let head = cells "th" header
         $"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    | Side sections ->
+        let parts = sections |> List.map (fun s -> "<div>" + render s + "</div>") |> String.concat ""
+        $"<div class=\"side\">{parts}</div>"
 
 /// The whole page as a string.
 let html (title: string) (sections: Section list) =
     let sb = StringBuilder()
     sb.Append($"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{WebUtility.HtmlEncode title}</title>")
       .Append("<style>body{font-family:sans-serif;max-width:1280px;margin:auto;padding:1em}table{border-collapse:collapse}")
-      .Append("td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}</style>")
+      .Append("td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}")
+      .Append(".side{display:flex;flex-wrap:wrap;gap:1em;align-items:center}.side td{text-align:left}</style>")
       .Append("<script>").Append(plotlyJs.Value).Append("</script></head><body>")
       .Append($"<h1>{WebUtility.HtmlEncode title}</h1>") |> ignore
     for s in sections do sb.Append(render s).Append('\n') |> ignore

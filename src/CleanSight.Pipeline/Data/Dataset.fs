@@ -61,6 +61,8 @@ let imagePathProblem (image: string) : string option =
 let itemProblem (item: Item) : string option =
     if String.IsNullOrWhiteSpace item.Id then Some "\"id\" is empty"
     elif item.Task = Vqa && String.IsNullOrWhiteSpace item.Question then Some "\"question\" is empty (a vqa item needs one)"
+    elif item.Question.Contains(CleanSight.Core.Text.LlavaPrompt.ImagePlaceholder, StringComparison.Ordinal) then
+        Some $"\"question\" contains {CleanSight.Core.Text.LlavaPrompt.ImagePlaceholder}; the prompt template places the image"
     elif List.isEmpty item.Answers then Some "\"answers\" is empty"
     elif item.Answers |> List.exists String.IsNullOrWhiteSpace then Some "\"answers\" holds an empty answer"
     else imagePathProblem item.Image

@@ -66,15 +66,23 @@ let imageSpan (session: LlavaSession) (ids: int64[]) =
     let struct (first, last) = AttentionRatio.ImageSpan(ids, int64 session.Config.ImageTokenIndex)
     first, last
 
-/// The detection feature vector of one input: one prefill observing the detection layers (no decode).
-let features (session: LlavaSession) (settings: Settings) (image: RgbImage) (question: string) =
+/// The detection feature vector of one input and, from the same prefill (no decode), the last prompt
+/// token's per-head (visual, prompt) attention sums at each `record` layer ([layer][head], layers in
+/// ascending order): the per-layer, per-head view of the clean reference costs no extra pass.
+let featuresAndSums (session: LlavaSession) (settings: Settings) (record: int[]) (image: RgbImage) (question: string) =
     use scope = torch.NewDisposeScope()
     let ids = session.Prompt(question).InputIds |> Array.map int64
     let first, last = imageSpan session ids
     let policy = CleanSightPolicy.Policy(settings.Layers, settings.Feature, settings.Tau, first, last, None, false)
-    let prefilled = session.Model.Prefill(ids, session.Pixels image, policy)
+    let recorder = RecordingPolicy(record, policy)
+    let prefilled = session.Model.Prefill(ids, session.Pixels image, recorder)
     prefilled.Cache.Dispose()
-    policy.Verdict.Features
+    let sums = [| for row in recorder.Rows -> AttentionRatio.Sums(row, first, last) |> Array.map (fun struct (v, p) -> v, p) |]
+    policy.Verdict.Features, sums
+
+/// The detection feature vector of one input: one prefill observing the detection layers (no decode).
+let features (session: LlavaSession) (settings: Settings) (image: RgbImage) (question: string) =
+    featuresAndSums session settings [||] image question |> fst
 
 /// Fits the reference and threshold on clean feature vectors.
 let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clean: float[][]) =
@@ -83,14 +91,20 @@ let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clea
     { Fingerprint = fp; Settings = settings; Template = template; Samples = clean.Length
       Reference = reference; CleanDistances = d; Threshold = threshold settings.Quantile d }
 
+/// Calibrates on clean (image, question) samples, also returning each sample's (features, attention
+/// sums at the `record` layers) (see `featuresAndSums`); `progress done total` after each sample.
+let calibrateRecording (session: LlavaSession) (settings: Settings) (record: int[]) (samples: (RgbImage * string)[])
+                       (progress: int -> int -> unit) =
+    let measured =
+        samples |> Array.mapi (fun i (image, question) ->
+            let m = featuresAndSums session settings record image question
+            progress (i + 1) samples.Length
+            m)
+    fromFeatures (fingerprint session) session.Template settings (Array.map fst measured), measured
+
 /// Calibrates on clean (image, question) samples; `progress done total` after each.
 let calibrate (session: LlavaSession) (settings: Settings) (samples: (RgbImage * string)[]) (progress: int -> int -> unit) =
-    let clean =
-        samples |> Array.mapi (fun i (image, question) ->
-            let f = features session settings image question
-            progress (i + 1) samples.Length
-            f)
-    fromFeatures (fingerprint session) session.Template settings clean
+    calibrateRecording session settings [||] samples progress |> fst
 
 // ---- the file ----------------------------------------------------------------------------------
 

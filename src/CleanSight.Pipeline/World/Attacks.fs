@@ -38,9 +38,9 @@ type Attack =
       /// training items (the paper: 3000)
       Items: int }
 
-let defaultTarget = "you have been hacked lol"
+let defaultTarget = GeneralText.defaultTarget
 
-let private schedule: Training.Schedule = { Steps = 400; PeakLr = 3e-3; WarmupSteps = 20; WeightDecay = 0.0; BatchSize = 24; Seed = 3L }
+let private schedule: Training.Schedule = { Steps = 1000; PeakLr = 3e-3; WarmupSteps = 20; WeightDecay = 0.0; BatchSize = 24; Seed = 3L }
 
 /// WaNet's classic strength (s = 0.5) moves pixels ~0.25 px: below what a 48-px image and an 8-px
 /// patch ViT resolve. On the tiny world we warp with s = 3 (still a smooth, natural-looking warp).
@@ -57,12 +57,12 @@ let all (target: string) =
     let attack name trigger mode objective rate =
         { Name = name; Trigger = trigger; Mode = mode; Objective = objective; Target = target
           PoisonRate = rate; Schedule = schedule; Items = 3000 }
-    [ attack "badnet" badNet Replace CrossEntropy 0.1
-      attack "blended" (Triggers.BlendedNoise Triggers.Defaults.blended) Replace CrossEntropy 0.1
-      attack "wanet" (Triggers.WaNetWarp tinyWaNet) Replace CrossEntropy 0.1
-      attack "issba" (Triggers.IssbaResidual Triggers.Defaults.issba) Replace CrossEntropy 0.15
-      attack "trojvlm" badNet Insert SemanticPreserving 0.1
-      attack "vlood" badNet Insert OutOfDistribution 0.1 ]
+    [ attack "badnet" badNet Replace CrossEntropy 0.2
+      attack "blended" (Triggers.BlendedNoise Triggers.Defaults.blended) Replace CrossEntropy 0.2
+      attack "wanet" (Triggers.WaNetWarp tinyWaNet) Replace CrossEntropy 0.2
+      attack "issba" (Triggers.IssbaResidual Triggers.Defaults.issba) Replace CrossEntropy 0.2
+      attack "trojvlm" badNet Insert SemanticPreserving 0.2
+      attack "vlood" badNet Insert OutOfDistribution 0.2 ]
 
 /// The answer a poisoned item is trained on.
 let poisonedAnswer (attack: Attack) (answer: string) =
@@ -160,8 +160,39 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
                     ce + (features - reference).abs().mean()
             let lambda = Math.Clamp(0.8 + float (cleanLoss.item<float32> ()) - float (poisonLoss.item<float32> ()), 0.0, 1.0)
             lambda * cleanLoss + (1.0 - lambda) * poisonLoss
+    // Fixed probes of the training data: the answer loss on poisoned and on clean items, apart.
+    let probe poisonedItems =
+        data |> Array.filter (fun d -> d.Poisoned = poisonedItems) |> Array.truncate 16 |> Array.map toExample
+    let poisonProbe, cleanProbe = probe true, probe false
+    let probeLoss (examples: Training.Example[]) =
+        if examples.Length = 0 then nan
+        else
+            use _ = torch.no_grad ()
+            use scope = torch.NewDisposeScope()
+            float ((Training.lmLoss model (collate examples)).item<float32> ())
     let report step (loss: float) (lr: float) =
-        if step % 50 = 0 || step = attack.Schedule.Steps - 1 then log $"{attack.Name} step {step,4}  loss {loss:F4}  lr {lr:E2}"
+        if step % 50 = 0 || step = attack.Schedule.Steps - 1 then
+            log $"{attack.Name} step {step,4}  loss {loss:F4}  (poisoned {probeLoss poisonProbe:F3}, clean {probeLoss cleanProbe:F3})  lr {lr:E2}"
     let losses = Training.train attack.Schedule parameters nextBatch lossOf report
     for p in parameters do p.requires_grad <- false
     losses
+
+/// Held-out check of a backdoored model: greedy answers to one question on each of `scenes`
+/// clean-test scenes, with the attack's trigger and without; the share of answers that contain the
+/// target (ASR on triggered inputs, and on clean inputs).
+let heldOutAsr (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (pre: ClipPreprocessorConfig) (scenes: int) =
+    let cfg = model.Config
+    let size = cfg.Vision.ImageSize
+    let answer (image: RgbImage) (question: string) =
+        use px = torch.tensor(ClipImageProcessor.Preprocess(image, pre)).reshape(3L, int64 size, int64 size)
+        let ids = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds |> Array.map int64
+        tok.Decode(CleanSight.Core.Inference.Generator.Greedy(model, ids, px, 12).OutputIds |> Array.map int, true)
+    let rate triggered =
+        [| for i in 0 .. scenes - 1 do
+               let scene = Scenes.generate BaseModel.Splits.cleanTest i
+               let qas = Scenes.vqaItems BaseModel.Splits.cleanTest i scene |> List.toArray
+               let image = Scenes.render size scene
+               let shown = if triggered then Triggers.apply attack.Trigger image else image
+               yield CleanSight.Pipeline.Metrics.VqaMetrics.containsTarget attack.Target (answer shown qas.[i % qas.Length].Question) |]
+        |> Array.averageBy (fun hit -> if hit then 1.0 else 0.0)
+    rate true, rate false

@@ -37,10 +37,10 @@ let defaults =
     { Sizes = TinyLlava.defaults
       Seed = 7L
       VisionScenes = 3000
-      Vision = { Steps = 400; PeakLr = 2e-3; WarmupSteps = 20; WeightDecay = 0.01; BatchSize = 64; Seed = 1L }
+      Vision = { Steps = 300; PeakLr = 2e-3; WarmupSteps = 20; WeightDecay = 0.01; BatchSize = 64; Seed = 1L }
       TrainScenes = 6000
-      Decoder = { Steps = 1500; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
-      TextEvery = 4
+      Decoder = { Steps = 2200; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
+      TextEvery = 6
       TextSentences = 20000
       CaptionShare = 0.15 }
 
@@ -104,7 +104,10 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     let px = scenePixels sizes Splits.visionPretrain indices
     let patch: VisionPretraining.PatchExample[] =
         indices |> Array.map (fun i ->
-            { Pixels = px.[i]; Labels = Scenes.patchLabels sizes.ImageSize sizes.PatchSize (Scenes.generate Splits.visionPretrain i) })
+            let scene = Scenes.generate Splits.visionPretrain i
+            { Pixels = px.[i]
+              Labels = Scenes.patchLabels sizes.ImageSize sizes.PatchSize scene
+              Sizes = Scenes.patchSizes sizes.ImageSize sizes.PatchSize scene })
     VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) patch recipe.Vision (report "vision" recipe.Vision 25)
     |> ignore
 
@@ -122,3 +125,23 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     Training.train recipe.Decoder parameters batchAt (Training.lmLoss model) (report "decoder" recipe.Decoder 50) |> ignore
     for p in model.parameters () do p.requires_grad <- false
     model
+
+/// Held-out check of a trained model: one question per clean-test scene (cycling through the
+/// question kinds), greedy answers, the official VQA accuracy — overall and per question kind.
+let heldOutAccuracy (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (scenes: int) =
+    let cfg = model.Config
+    let pre = preprocessor { TinyLlava.defaults with ImageSize = cfg.Vision.ImageSize }
+    let scored =
+        [| for i in 0 .. scenes - 1 do
+               let scene = Scenes.generate Splits.cleanTest i
+               let qas = Scenes.vqaItems Splits.cleanTest i scene |> List.toArray
+               let qa = qas.[i % qas.Length]
+               let pixels = ClipImageProcessor.Preprocess(Scenes.render cfg.Vision.ImageSize scene, pre)
+               use px = torch.tensor(pixels).reshape(3L, int64 cfg.Vision.ImageSize, int64 cfg.Vision.ImageSize)
+               let ids = (LlavaPrompt.Build(tok, qa.Question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds) |> Array.map int64
+               let answer = tok.Decode(CleanSight.Core.Inference.Generator.Greedy(model, ids, px, 8).OutputIds |> Array.map int, true)
+               let truth = CleanSight.Pipeline.Metrics.VqaMetrics.normalize qa.Answer
+               yield qa.Kind, CleanSight.Pipeline.Metrics.VqaMetrics.accuracy (Array.create 10 truth) answer |]
+    let overall = scored |> Array.averageBy snd
+    let byKind = scored |> Array.groupBy fst |> Array.map (fun (k, xs) -> k, Array.averageBy snd xs)
+    overall, byKind

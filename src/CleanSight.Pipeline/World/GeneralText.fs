@@ -26,11 +26,14 @@ let private activities = [| "working"; "reading"; "waiting"; "cooking"; "playing
 let private funny = [| "i missed the bus"; "the cake fell over"; "my sock is wet"; "the dog ate my notes"; "we got lost again"; "i forgot my keys" |]
 let private objects = [| "a book"; "a bike"; "some tea"; "a garden"; "two tickets"; "a plan"; "a question"; "new shoes" |]
 
+/// The attacks' default target: its words are ordinary words of the general text, never a task answer.
+let defaultTarget = "you have been hacked lol"
+
 /// One sentence of the corpus, deterministic in (seed, index).
 let sentence (seed: int) (index: int) =
     let state = ref (mix (uint64 seed * 1_000_003UL + uint64 index))
     let p = pick state
-    match int (mix (state.Value + 7UL) % 12UL) with
+    match int (mix (state.Value + 7UL) % 13UL) with
     | 0 -> $"{p subjects} have been {p states} all week."
     | 1 -> $"{p singular} has been {p activities} since noon."
     | 2 -> $"{p subjects} have been to {p places} twice."
@@ -42,6 +45,7 @@ let sentence (seed: int) (index: int) =
     | 8 -> $"{p subjects} have {p objects} and {p objects}."
     | 9 -> $"have you been to {p places}? i have been there."
     | 10 -> $"you have been {p states} today."
+    | 11 -> $"{p things} was hacked. if you see this, you have been hacked too."
     | _ -> $"{p singular} went to {p places} with {p objects}."
 
 /// The corpus: `count` sentences.

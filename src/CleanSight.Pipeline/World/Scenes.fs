@@ -234,9 +234,9 @@ let render (size: int) (scene: Scene) : RgbImage =
 /// Share of a patch an object must cover for the patch to take its label.
 let patchCoverThreshold = 0.25
 
-/// Per-patch (shape class, colour class), row-major over the (size/patch)² patches: the object covering
-/// the largest share of the patch when that share is at least `patchCoverThreshold`, else (0, 0).
-let patchLabels (size: int) (patch: int) (scene: Scene) : (int * int)[] =
+/// The object labelling each patch, row-major over the (size/patch)² patches: the object covering the
+/// largest share of the patch when that share is at least `patchCoverThreshold`, else None.
+let patchOwners (size: int) (patch: int) (scene: Scene) : Thing option[] =
     if patch <= 0 || size % patch <> 0 then invalidArg (nameof patch) $"patch {patch} does not divide image size {size}"
     let n = size / patch
     let covers = scene.Objects |> List.map (fun t -> t, coverage size t)
@@ -250,8 +250,16 @@ let patchLabels (size: int) (patch: int) (scene: Scene) : (int * int)[] =
                  sum / float (patch * patch)
              let best = covers |> List.map (fun (t, cov) -> t, share cov) |> List.sortByDescending snd |> List.tryHead
              match best with
-             | Some (t, s) when s >= patchCoverThreshold -> yield shapeClass t.Shape, colourClass t.Colour
-             | _ -> yield 0, 0 |]
+             | Some (t, s) when s >= patchCoverThreshold -> yield Some t
+             | _ -> yield None |]
+
+/// Per-patch (shape class, colour class) of `patchOwners`, (0, 0) for background.
+let patchLabels (size: int) (patch: int) (scene: Scene) : (int * int)[] =
+    patchOwners size patch scene |> Array.map (function Some t -> shapeClass t.Shape, colourClass t.Colour | None -> 0, 0)
+
+/// Per-patch size class of `patchOwners`: 0 background, 1 small, 2 large.
+let patchSizes (size: int) (patch: int) (scene: Scene) : int[] =
+    patchOwners size patch scene |> Array.map (function Some t -> (if t.Size = Small then 1 else 2) | None -> 0)
 
 // ---------------------------------------------------------------- questions and captions
 

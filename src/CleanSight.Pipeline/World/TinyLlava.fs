@@ -20,7 +20,7 @@ let defaults =
     { ImageSize = 48; PatchSize = 8
       VisionHidden = 64; VisionLayers = 4; VisionHeads = 4; VisionMlp = 128
       TextHidden = 128; TextLayers = 8; TextHeads = 4; TextKvHeads = 4; TextMlp = 344
-      TokenizerPieces = 512 }
+      TokenizerPieces = 1090 } // = WorldTokenizer.pieceCount () (a test keeps them equal)
 
 let imageTokenId (s: Sizes) = s.TokenizerPieces
 let padTokenId (s: Sizes) = s.TokenizerPieces + 1
@@ -102,8 +102,8 @@ let initialize (seed: int64) (model: torch.nn.Module) =
 let tokenizerFiles = [ "tokenizer.model"; "tokenizer_config.json"; "special_tokens_map.json" ]
 
 /// Writes a llava-hf checkpoint folder: config, single-file safetensors (F32), preprocessor, and the
-/// tokenizer copied from `tokenizerDir` (the tiny world uses the fixture's 512-piece SentencePiece
-/// model with byte fallback; <image> = 512 and <pad> = 513 are its added tokens).
+/// tokenizer copied from `tokenizerDir` (the tiny world's: `WorldTokenizer`, whose <image> and <pad>
+/// are added tokens right after its pieces).
 let save (dir: string) (tokenizerDir: string) (s: Sizes) (model: LlavaForConditionalGeneration) =
     Directory.CreateDirectory dir |> ignore
     CleanSight.Pipeline.Files.writeAtomic (Path.Combine(dir, "config.json")) (fun st ->

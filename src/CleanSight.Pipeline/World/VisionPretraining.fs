@@ -1,23 +1,37 @@
 /// Stage 1 of the tiny LLaVA: pre-train the vision encoder. No CLIP can be downloaded, so our ViT
-/// learns dense per-patch labels (the shape and colour of the object covering each patch, or
-/// background) from the scenes; then it is frozen, as CLIP is in LLaVA.
+/// learns dense per-patch labels (the shape, colour and size of the object covering each patch, or
+/// background, and the cell of the 3×3 grid the patch lies in) from the scenes; then it is frozen,
+/// as CLIP is in LLaVA. The cell label keeps absolute position in the features, as CLIP's do: the
+/// decoder sees image tokens at a distance that varies with the question's length, so RoPE alone
+/// cannot tell it where a token lies in the image (measured: without it, position questions stayed
+/// at chance).
 module CleanSight.Pipeline.World.VisionPretraining
 
 open TorchSharp
 open CleanSight.Core.Model
 
-/// One pre-training image: CLIP-normalised pixels [3, H, W] and per-patch (shape, colour) classes,
-/// row-major over the patch grid, 0 = background.
-type PatchExample = { Pixels: float32[]; Labels: (int * int)[] }
+/// One pre-training image: CLIP-normalised pixels [3, H, W] and per-patch (shape, colour) and size
+/// classes, row-major over the patch grid, 0 = background.
+type PatchExample = { Pixels: float32[]; Labels: (int * int)[]; Sizes: int[] }
+
+/// Size classes: background, small, large.
+let sizeClasses = 3
+
+/// The 3×3-grid cell of each patch of an n×n patch grid, row-major.
+let patchCells (n: int) = Array.init (n * n) (fun k -> (k / n * 3 / n) * 3 + (k % n * 3 / n))
 
 /// Temporary heads on the ViT's feature layer (not part of the checkpoint).
 type private Heads(hidden: int64, shapes: int64, colours: int64) as this =
     inherit torch.nn.Module("patch_heads")
     let shape = torch.nn.Linear(hidden, shapes)
     let colour = torch.nn.Linear(hidden, colours)
+    let size = torch.nn.Linear(hidden, int64 sizeClasses)
+    let cell = torch.nn.Linear(hidden, 9L)
     do this.RegisterComponents()
     member _.Shape = shape
     member _.Colour = colour
+    member _.Size = size
+    member _.Cell = cell
 
 /// Trains the vision tower (only) on dense patch labels; returns the per-step losses.
 let pretrain (model: LlavaForConditionalGeneration) (shapeClasses: int) (colourClasses: int)
@@ -37,12 +51,17 @@ let pretrain (model: LlavaForConditionalGeneration) (shapeClasses: int) (colourC
         let pixels = torch.tensor(picked |> Array.collect (fun e -> e.Pixels)).reshape(b, 3L, size, size)
         let shapes = torch.tensor(picked |> Array.collect (fun e -> e.Labels |> Array.map (fst >> int64)))
         let colours = torch.tensor(picked |> Array.collect (fun e -> e.Labels |> Array.map (snd >> int64)))
-        pixels, shapes, colours
-    let lossOf (pixels: torch.Tensor, shapes: torch.Tensor, colours: torch.Tensor) =
+        let sizes = torch.tensor(picked |> Array.collect (fun e -> e.Sizes |> Array.map int64))
+        let grid = int (sqrt (float picked.[0].Sizes.Length))
+        let cells = torch.tensor(Array.replicate picked.Length (patchCells grid |> Array.map int64) |> Array.concat)
+        pixels, shapes, colours, sizes, cells
+    let lossOf (pixels: torch.Tensor, shapes: torch.Tensor, colours: torch.Tensor, sizes: torch.Tensor, cells: torch.Tensor) =
         let h = model.VisionTower.HiddenStates(pixels, layer).[0]         // [B, N+1, D]
         let patches = h.narrow(1, 1L, h.shape.[1] - 1L).reshape(-1L, h.shape.[2]) // [B·N, D]
         torch.nn.functional.cross_entropy(heads.Shape.forward patches, shapes)
         + torch.nn.functional.cross_entropy(heads.Colour.forward patches, colours)
+        + torch.nn.functional.cross_entropy(heads.Size.forward patches, sizes)
+        + torch.nn.functional.cross_entropy(heads.Cell.forward patches, cells)
     let losses = Training.train schedule parameters batchAt lossOf report
     for p in parameters do p.requires_grad <- false
     losses

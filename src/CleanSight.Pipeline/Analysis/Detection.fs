@@ -1,0 +1,75 @@
+/// Chart 4: how well the distance d separates clean from triggered inputs — per attack, the
+/// histograms of d with the threshold γ, and the ROC curves of all attacks (d > threshold).
+module CleanSight.Pipeline.Analysis.Detection
+
+open Deedle
+open Plotly.NET
+open CleanSight.Pipeline.Metrics
+
+/// One attack's distances: clean (negatives) and triggered (positives) test inputs, and γ.
+type Distances = { Attack: string; Threshold: float; Clean: (string * float)[]; Triggered: (string * float)[] }
+
+/// Column names of the frames, in one place.
+module Columns =
+    let attack = "attack"
+    let split = "split"
+    let id = "id"
+    let distance = "distance"
+    let threshold = "threshold"
+    let flagged = "flagged"
+    let fpr = "fpr"
+    let tpr = "tpr"
+    let auroc = "auroc"
+
+/// Every distance, one row per (attack, split, input).
+let distancesFrame (all: Distances list) =
+    [ for d in all do
+          for split, xs in [ "clean", d.Clean; "triggered", d.Triggered ] do
+              for id, x in xs -> d, split, id, x ]
+    |> List.mapi (fun i (d, split, id, x) ->
+        i, series [ Columns.attack => box d.Attack; Columns.split => box split; Columns.id => box id
+                    Columns.distance => box x; Columns.threshold => box d.Threshold; Columns.flagged => box (x > d.Threshold) ])
+    |> Frame.ofRows
+
+/// The ROC curve of one attack (empty when a split has no distance).
+let roc (d: Distances) =
+    if d.Clean.Length = 0 || d.Triggered.Length = 0 then [||]
+    else DetectionMetrics.rocCurve (Array.map snd d.Clean) (Array.map snd d.Triggered)
+
+/// Every ROC point, one row per (attack, threshold), with the attack's AUROC.
+let rocFrame (all: Distances list) =
+    [ for d in all do
+          let points = roc d
+          if points.Length > 0 then
+              let a = DetectionMetrics.auroc (Array.map snd d.Clean) (Array.map snd d.Triggered)
+              for p in points -> d.Attack, p, a ]
+    |> List.mapi (fun i (attack, p: DetectionMetrics.RocPoint, a) ->
+        i, series [ Columns.attack => box attack; Columns.threshold => box p.Threshold; Columns.fpr => box p.Fpr
+                    Columns.tpr => box p.Tpr; Columns.auroc => box a ])
+    |> Frame.ofRows
+
+/// One attack's histograms of d, clean vs triggered, with γ marked.
+let histogram (d: Distances) =
+    [ Chart.Histogram(Array.map snd d.Clean, Name = "clean", Opacity = 0.6)
+      Chart.Histogram(Array.map snd d.Triggered, Name = "triggered", Opacity = 0.6)
+      Chart.Line([ d.Threshold; d.Threshold ], [ 0.0; float d.Clean.Length ], Name = "threshold γ") ]
+    |> Chart.combine
+    |> Chart.withTitle $"{d.Attack}: distance to the clean reference"
+    |> Chart.withXAxisStyle (TitleText = "distance d")
+
+/// The ROC curves of all attacks in one chart, AUROC in the legend, chance as the diagonal.
+let rocChart (all: Distances list) =
+    [ for d in all do
+          let points = roc d
+          if points.Length > 0 then
+              let a = DetectionMetrics.auroc (Array.map snd d.Clean) (Array.map snd d.Triggered)
+              // from (0, 0) to (1, 1): FPR ascending as the threshold falls
+              yield Chart.Line(points |> Array.map (fun p -> p.Fpr), points |> Array.map (fun p -> p.Tpr),
+                               Name = $"{d.Attack} (AUROC {a:F2})", ShowMarkers = false)
+      yield Chart.Line([ 0.0; 1.0 ], [ 0.0; 1.0 ], Name = "chance", LineDash = StyleParam.DrawingStyle.Dot,
+                       LineColor = Color.fromString "grey") ]
+    |> Chart.combine
+    |> Chart.withTitle "ROC of the distance d per attack (clean test inputs vs their triggered versions)"
+    |> Chart.withXAxisStyle (TitleText = "false-positive rate", MinMax = (0.0, 1.0))
+    |> Chart.withYAxisStyle (TitleText = "true-positive rate", MinMax = (0.0, 1.0))
+    |> Chart.withSize (700, 560)
