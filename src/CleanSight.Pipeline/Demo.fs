@@ -226,7 +226,8 @@ let private writeReport (s: Settings) (results: AttackResult list) =
           yield Report.Heading "1. Attention stealing by layer"
           yield Report.Figure(AttentionStealing.chart attention layers)
           yield Report.Heading "2. Where triggered inputs leave the clean reference: layer × head"
-          yield Report.Text $"Mean over {s.AttentionInputs} triggered test inputs of (s − μ)/σ per layer and head, μ and σ from the {s.Calibration} clean calibration samples; at the detection layers (◆) these are the coordinates of the detector's distance."
+          let c = deviation.Head
+          yield Report.Text $"Mean over {c.TriggeredSamples} triggered test inputs of (s − μ)/σ per layer and head, μ and σ from the {c.CleanSamples} clean calibration samples; at the detection layers (◆) these are the coordinates of the detector's distance."
           yield Report.Figure(HeadDeviation.chart deviation)
           yield Report.Heading "3. One triggered input up close"
           yield Report.Text "The last prompt token's attention on each image token at the last detection layer (max over heads), the tokens above τ outlined, and every defense's answer."
@@ -261,6 +262,7 @@ let run (s: Settings) (p: Progress.Reporter) =
               else p.Log $"{attack.name}: no adapter at {attack.adapter}; skipped (build target Attack-{attack.name} makes it)"
               p.Step "attacks" (i + 1) attacks.Length ]
     if results.IsEmpty then raise (CleanSight.Core.InputError(Path.Combine(world, "adapters"), "no attack adapters found"))
+    p.Log "writing the frames and report.html"
     timed "report" (fun () -> writeReport s results)
     durations.Add("total", total.Elapsed.TotalSeconds)
     Files.writeJson (Path.Combine(s.Out, "manifest.json"))

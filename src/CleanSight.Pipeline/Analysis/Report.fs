@@ -20,7 +20,7 @@ type Section =
     | Text of string
     | Figure of GenericChart
     | Table of header: string list * rows: string list list
-    /// sections side by side (wrapping on narrow screens)
+    /// sections side by side (the last one takes the remaining width)
     | Side of Section list
 
 let rec private render (section: Section) =
@@ -45,7 +45,7 @@ let html (title: string) (sections: Section list) =
     sb.Append($"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{WebUtility.HtmlEncode title}</title>")
       .Append("<style>body{font-family:sans-serif;max-width:1280px;margin:auto;padding:1em}table{border-collapse:collapse}")
       .Append("td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}")
-      .Append(".side{display:flex;flex-wrap:wrap;gap:1em;align-items:center}.side td{text-align:left}</style>")
+      .Append(".side{display:flex;gap:1em;align-items:center}.side>div{flex:0 0 auto}.side>div:last-child{flex:1 1 auto;min-width:0}.side td{text-align:left}</style>")
       .Append("<script>").Append(plotlyJs.Value).Append("</script></head><body>")
       .Append($"<h1>{WebUtility.HtmlEncode title}</h1>") |> ignore
     for s in sections do sb.Append(render s).Append('\n') |> ignore
