@@ -119,6 +119,23 @@ let tests =
             for t in s.Objects |> List.filter (fun t -> t.Size = Large && t.Shape <> Triangle) do
                 let k = int (t.Y * 6.0) * 6 + int (t.X * 6.0)
                 Expect.equal (patchLabels 48 8 s).[k] (shapeClass t.Shape, colourClass t.Colour) "centre patch"
+        testPropertyWithConfig config "patch sizes label the same patches as shape/colour, with the owner's size" <| fun (seed: int) (index: int) ->
+            let s = scene seed index
+            let labels, sizes, owners = patchLabels 48 8 s, patchSizes 48 8 s, patchOwners 48 8 s
+            for k in 0 .. labels.Length - 1 do
+                match owners.[k] with
+                | None -> Expect.equal (labels.[k], sizes.[k]) ((0, 0), 0) $"background patch {k}"
+                | Some t ->
+                    Expect.equal labels.[k] (shapeClass t.Shape, colourClass t.Colour) $"patch {k} shape/colour"
+                    Expect.equal sizes.[k] (if t.Size = Small then 1 else 2) $"patch {k} size"
+        test "each patch's grid cell: a 6×6 patch grid in 2×2 blocks per cell of the 3×3 grid" {
+            let cells = CleanSight.Pipeline.World.VisionPretraining.patchCells 6
+            Expect.equal cells.Length 36 "one per patch"
+            for k in 0 .. 35 do
+                let row, col = k / 6, k % 6
+                Expect.equal cells.[k] ((row / 2) * 3 + col / 2) $"patch ({row}, {col})"
+            Expect.equal (CleanSight.Pipeline.World.VisionPretraining.patchCells 3) (Array.init 9 id) "3×3 patches: one per cell"
+        }
         testPropertyWithConfig config "every question is answerable from the scene" <| fun (seed: int) (index: int) ->
             let s = scene seed index
             let qas = vqaItems seed index s
