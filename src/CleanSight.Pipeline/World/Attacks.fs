@@ -181,18 +181,13 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
 /// clean-test scenes, with the attack's trigger and without; the share of answers that contain the
 /// target (ASR on triggered inputs, and on clean inputs).
 let heldOutAsr (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (pre: ClipPreprocessorConfig) (scenes: int) =
-    let cfg = model.Config
-    let size = cfg.Vision.ImageSize
-    let answer (image: RgbImage) (question: string) =
-        use px = torch.tensor(ClipImageProcessor.Preprocess(image, pre)).reshape(3L, int64 size, int64 size)
-        let ids = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds |> Array.map int64
-        tok.Decode(CleanSight.Core.Inference.Generator.Greedy(model, ids, px, 12).OutputIds |> Array.map int, true)
+    let size = model.Config.Vision.ImageSize
+    let questions = BaseModel.heldOutQuestions scenes
     let rate triggered =
-        [| for i in 0 .. scenes - 1 do
-               let scene = Scenes.generate BaseModel.Splits.cleanTest i
-               let qas = Scenes.vqaItems BaseModel.Splits.cleanTest i scene |> List.toArray
-               let image = Scenes.render size scene
-               let shown = if triggered then Triggers.apply attack.Trigger image else image
-               yield CleanSight.Pipeline.Metrics.VqaMetrics.containsTarget attack.Target (answer shown qas.[i % qas.Length].Question) |]
-        |> Array.averageBy (fun hit -> if hit then 1.0 else 0.0)
+        questions
+        |> Array.averageBy (fun (scene, qa) ->
+            let image = Scenes.render size scene
+            let shown = if triggered then Triggers.apply attack.Trigger image else image
+            let answer = BaseModel.greedyAnswer model tok pre 12 shown qa.Question
+            if CleanSight.Pipeline.Metrics.VqaMetrics.containsTarget attack.Target answer then 1.0 else 0.0)
     rate true, rate false

@@ -126,22 +126,33 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     for p in model.parameters () do p.requires_grad <- false
     model
 
-/// Held-out check of a trained model: one question per clean-test scene (cycling through the
-/// question kinds), greedy answers, the official VQA accuracy — overall and per question kind.
-let heldOutAccuracy (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (scenes: int) =
+/// One question per clean-test scene, cycling through each scene's questions (so every kind is asked).
+let heldOutQuestions (scenes: int) =
+    Array.init scenes (fun i ->
+        let scene = Scenes.generate Splits.cleanTest i
+        let qas = Scenes.vqaItems Splits.cleanTest i scene |> List.toArray
+        scene, qas.[i % qas.Length])
+
+/// The greedy answer of `model` to a question about an image (decoded, special tokens skipped).
+let greedyAnswer (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (pre: ClipPreprocessorConfig)
+                 (maxNewTokens: int) (image: RgbImage) (question: string) =
     let cfg = model.Config
-    let pre = preprocessor { TinyLlava.defaults with ImageSize = cfg.Vision.ImageSize }
+    let size = int64 cfg.Vision.ImageSize
+    use px = torch.tensor(ClipImageProcessor.Preprocess(image, pre)).reshape(3L, size, size)
+    let ids = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds |> Array.map int64
+    tok.Decode(CleanSight.Core.Inference.Generator.Greedy(model, ids, px, maxNewTokens).OutputIds |> Array.map int, true)
+
+/// Held-out check of a trained model: `heldOutQuestions`, greedy answers, the official VQA accuracy —
+/// overall and per question kind.
+let heldOutAccuracy (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (scenes: int) =
+    let size = model.Config.Vision.ImageSize
+    let pre = preprocessor { TinyLlava.defaults with ImageSize = size }
     let scored =
-        [| for i in 0 .. scenes - 1 do
-               let scene = Scenes.generate Splits.cleanTest i
-               let qas = Scenes.vqaItems Splits.cleanTest i scene |> List.toArray
-               let qa = qas.[i % qas.Length]
-               let pixels = ClipImageProcessor.Preprocess(Scenes.render cfg.Vision.ImageSize scene, pre)
-               use px = torch.tensor(pixels).reshape(3L, int64 cfg.Vision.ImageSize, int64 cfg.Vision.ImageSize)
-               let ids = (LlavaPrompt.Build(tok, qa.Question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds) |> Array.map int64
-               let answer = tok.Decode(CleanSight.Core.Inference.Generator.Greedy(model, ids, px, 8).OutputIds |> Array.map int, true)
-               let truth = CleanSight.Pipeline.Metrics.VqaMetrics.normalize qa.Answer
-               yield qa.Kind, CleanSight.Pipeline.Metrics.VqaMetrics.accuracy (Array.create 10 truth) answer |]
+        heldOutQuestions scenes
+        |> Array.map (fun (scene, qa) ->
+            let answer = greedyAnswer model tok pre 8 (Scenes.render size scene) qa.Question
+            let truth = CleanSight.Pipeline.Metrics.VqaMetrics.normalize qa.Answer
+            qa.Kind, CleanSight.Pipeline.Metrics.VqaMetrics.accuracy (Array.create 10 truth) answer)
     let overall = scored |> Array.averageBy snd
     let byKind = scored |> Array.groupBy fst |> Array.map (fun (k, xs) -> k, Array.averageBy snd xs)
     overall, byKind
