@@ -128,7 +128,7 @@ type EvaluateArgs =
             | Poisoned _ -> "triggered test samples (dataset JSONL)"
             | Target _ -> "the backdoor's target text (ASR: the output contains it)"
             | Mode _ -> "replace or insert (how the attack places the target; informational)"
-            | Defense _ -> "none, blur, st, prune-all, random-prune, fastv, cleansight (comma-separated)"
+            | Defense _ -> "none, blur, st, prune-all, random-prune, uniform, fastv, cleansight (comma-separated)"
             | Limit _ -> "at most N samples of each set"
             | Out _ -> "folder for metrics.json and samples.csv (re-running resumes)"
             | Max_New_Tokens _ -> "greedy token budget (default 32)"

@@ -51,7 +51,7 @@ let private world =
         Calibration.save calibration (Calibration.calibrate session settings samples (fun _ _ -> ()))
         clean, poisoned, calibration)
 
-let private defenses = [ "none"; "prune-all"; "cleansight" ]
+let private defenses = [ "none"; "prune-all"; "uniform"; "cleansight" ]
 
 let private evaluate (out: string) =
     let clean, poisoned, calibration = world.Value
@@ -162,7 +162,7 @@ let tests =
                 let out, code, err, _, _ = firstRun.Value
                 Expect.equal code 0 $"exit 0 (stderr: {err})"
                 let samples = lines (Path.Combine(out, "samples.csv"))
-                Expect.equal samples.Length (1 + defenses.Length * 2 * 3) "header + 3 defenses × 2 splits × 3"
+                Expect.equal samples.Length (1 + defenses.Length * 2 * 3) "header + 4 defenses × 2 splits × 3"
                 let records = samples.[1..] |> Array.map ofLine
                 for d in defenses do
                     for split in [ "clean"; "poisoned" ] do
@@ -173,6 +173,7 @@ let tests =
                     match r.Defense with
                     | "none" -> Expect.isEmpty r.Pruned "no defense prunes nothing"; Expect.isNone r.Distance "no distance"
                     | "prune-all" -> Expect.isTrue r.Flagged "prune-all purifies every input"; Expect.isNone r.Distance "no detection"
+                    | "uniform" -> Expect.isEmpty r.Pruned "uniform attention removes no token"; Expect.isNone r.Distance "no detection"
                     | _ ->
                         Expect.isSome r.Distance "cleansight measures a distance"
                         if not r.Flagged then Expect.isEmpty r.Pruned "unflagged → nothing pruned"

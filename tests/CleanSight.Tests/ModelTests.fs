@@ -110,4 +110,65 @@ let tests =
             for l in 1 .. cache.Layers - 1 do
                 Expect.equal (cache.Length l) (int64 ids.Length - 3L) $"layer {l} lost three keys"
         }
+
+        test "uniform attention over a single key changes nothing (the explicit path agrees with the kernel)" {
+            let s = session.Value
+            let ids = promptIds ()
+            use pixels = s.Pixels(image (case 0))
+            let first = ids |> Array.findIndex (fun t -> t = int64 s.Config.ImageTokenIndex)
+            let plain = Generator.Greedy(s.Model, ids, pixels, 6)
+            let one = Generator.Greedy(s.Model, ids, pixels, 6, UniformAttentionPolicy(0, [| int64 first |]))
+            logitsClose one.FirstTokenLogits plain.FirstTokenLogits "first-token logits"
+            Expect.sequenceEqual one.OutputIds plain.OutputIds "tokens"
+        }
+
+        test "uniform visual attention: later rows are flat over the image, keep its share, and change the output" {
+            let s = session.Value
+            let ids = promptIds ()
+            use pixels = s.Pixels(image (case 1))
+            let image = [| 0L .. int64 ids.Length - 1L |] |> Array.filter (fun p -> ids.[int p] = int64 s.Config.ImageTokenIndex)
+            let from = 1
+            let layers = [ 0 .. s.Config.Text.NumHiddenLayers - 1 ]
+            let plainRows = RecordingPolicy layers
+            let plain = Generator.Greedy(s.Model, ids, pixels, 6, plainRows)
+            let rows = RecordingPolicy(layers, UniformAttentionPolicy(from, image))
+            let flat = Generator.Greedy(s.Model, ids, pixels, 6, rows)
+            for row in rows.Rows do
+                for h in 0 .. row.Heads - 1 do
+                    let visual = image |> Array.map (fun p -> float row.[h, int p])
+                    let total = Seq.init row.Keys (fun j -> float row.[h, j]) |> Seq.sum
+                    Expect.floatClose Accuracy.medium total 1.0 $"layer {row.Layer} head {h}: a distribution"
+                    let spread = Array.max visual - Array.min visual
+                    if row.Layer >= from then
+                        Expect.isLessThan spread 1e-6 $"layer {row.Layer} head {h}: flat over the image"
+                    else
+                        Expect.equal row.Weights plainRows.Rows.[row.Layer].Weights $"layer {row.Layer}: before the policy's layer, untouched"
+            // layer `from` itself: same scores, so the image's share is the plain model's
+            let plainRow, flatRow = plainRows.Rows.[from], rows.Rows.[from]
+            for h in 0 .. flatRow.Heads - 1 do
+                let share (r: AttentionRow) = image |> Array.sumBy (fun p -> float r.[h, int p])
+                Expect.floatClose Accuracy.medium (share flatRow) (share plainRow) $"head {h}: the image keeps its share"
+            Expect.isFalse (flat.FirstTokenLogits = plain.FirstTokenLogits) "flattening the image's attention changes the logits"
+        }
+
+        test "uniform visual attention: cached decoding equals full recomputation under the same policy" {
+            let s = session.Value
+            let ids = promptIds ()
+            use pixels = s.Pixels(image (case 0))
+            let image = [| 0L .. int64 ids.Length - 1L |] |> Array.filter (fun p -> ids.[int p] = int64 s.Config.ImageTokenIndex)
+            for mode in [ ExclusionMode.Drop; ExclusionMode.Mask ] do
+                let policy () = UniformAttentionPolicy(2, image)
+                let pre = s.Model.Prefill(ids, pixels, policy (), mode)
+                use cache = pre.Cache
+                let mutable seq = ids
+                let mutable logits = pre.Logits
+                for step in 0 .. 3 do
+                    let next = Generator.ArgMax logits
+                    seq <- Array.append seq [| next |]
+                    let cached = s.Model.Decode(next, int64 (seq.Length - 1), cache)
+                    let full = s.Model.Prefill(seq, pixels, policy (), mode)
+                    full.Cache.Dispose()
+                    logitsClose cached full.Logits $"{mode} step {step}"
+                    logits <- cached
+        }
     ]

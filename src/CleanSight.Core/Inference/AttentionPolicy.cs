@@ -20,6 +20,8 @@ namespace CleanSight.Core.Inference
     /// hand (every other layer keeps the fast kernel) and hands it to <see cref="OnAttention"/>,
     /// which may return absolute key positions to exclude from this layer on — for the rest of the
     /// prefill and every decode step. Kept positions keep their RoPE positions.
+    /// A policy may also edit attention instead of removing keys: <see cref="Uniform"/>, asked at every
+    /// layer before anything else there, names keys whose attention is made uniform from that layer on.
     /// </summary>
     public interface IAttentionPolicy
     {
@@ -27,6 +29,14 @@ namespace CleanSight.Core.Inference
 
         /// <returns>positions to exclude from this layer on; empty for none</returns>
         IReadOnlyCollection<long> OnAttention(AttentionRow row);
+
+        /// <summary>
+        /// Keys (absolute positions) whose attention is made uniform from this layer on, for every
+        /// query of the prefill and every decode step: each query keeps its total attention on them
+        /// and spreads it evenly over those it can see. Added to any named at earlier layers.
+        /// </summary>
+        /// <returns>positions to flatten from this layer on; empty for none (the default)</returns>
+        IReadOnlyCollection<long> Uniform(int layer) => Array.Empty<long>();
     }
 
     /// <summary>The empty policy: observe nothing, exclude nothing (no defense).</summary>
@@ -59,6 +69,7 @@ namespace CleanSight.Core.Inference
             if (layers.Contains(row.Layer)) Rows.Add(row);
             return inner.Observes(row.Layer) ? inner.OnAttention(row) : Array.Empty<long>();
         }
+        public IReadOnlyCollection<long> Uniform(int layer) => inner.Uniform(layer);
     }
 
     /// <summary>Exclude a fixed set of positions from a fixed layer on (purification tests, prune-all, random pruning).</summary>
@@ -69,6 +80,20 @@ namespace CleanSight.Core.Inference
         public FixedExclusionPolicy(int fromLayer, IEnumerable<long> positions) { this.fromLayer = fromLayer; this.positions = new List<long>(positions).ToArray(); }
         public bool Observes(int layer) => layer == fromLayer;
         public IReadOnlyCollection<long> OnAttention(AttentionRow row) => positions;
+    }
+
+    /// <summary>
+    /// Make the attention on a fixed set of positions uniform from a fixed layer on (the "uniform
+    /// visual attention" baseline: the image tokens keep their share, no token can steal it).
+    /// </summary>
+    public sealed class UniformAttentionPolicy : IAttentionPolicy
+    {
+        readonly int fromLayer;
+        readonly long[] positions;
+        public UniformAttentionPolicy(int fromLayer, IEnumerable<long> positions) { this.fromLayer = fromLayer; this.positions = new List<long>(positions).ToArray(); }
+        public bool Observes(int layer) => false;
+        public IReadOnlyCollection<long> OnAttention(AttentionRow row) => Array.Empty<long>();
+        public IReadOnlyCollection<long> Uniform(int layer) => layer == fromLayer ? positions : Array.Empty<long>();
     }
 
     /// <summary>

@@ -11,7 +11,7 @@ namespace CleanSight.Core.Inference
     /// It owns its tensors (kept out of dispose scopes; a replaced tensor is freed at once).
     public sealed class SequenceState : System.IDisposable
     {
-        Tensor hidden, keyMask, positionTensor;
+        Tensor hidden, keyMask, uniformKeys, positionTensor;
 
         /// <summary>[1, T', D] residual stream</summary>
         public Tensor Hidden { get => hidden; set => Own(ref hidden, value); }
@@ -19,6 +19,8 @@ namespace CleanSight.Core.Inference
         public long[] Positions { get; private set; }
         /// <summary>Mask mode: additive key mask [1, 1, 1, T'] (0 or −∞), null while nothing is masked</summary>
         public Tensor KeyMask { get => keyMask; private set => Own(ref keyMask, value); }
+        /// <summary>keys whose attention is made uniform: [1, 1, 1, T'] (1 or 0), null while there are none</summary>
+        public Tensor UniformKeys { get => uniformKeys; private set => Own(ref uniformKeys, value); }
         public ExclusionMode Mode { get; }
         /// <summary>[T'] int64, the same as <see cref="Positions"/></summary>
         public Tensor PositionTensor { get => positionTensor; private set => Own(ref positionTensor, value); }
@@ -32,7 +34,7 @@ namespace CleanSight.Core.Inference
 
         public void Dispose()
         {
-            Own(ref hidden, null); Own(ref keyMask, null); Own(ref positionTensor, null);
+            Own(ref hidden, null); Own(ref keyMask, null); Own(ref uniformKeys, null); Own(ref positionTensor, null);
         }
 
         public SequenceState(Tensor hidden, ExclusionMode mode)
@@ -57,6 +59,7 @@ namespace CleanSight.Core.Inference
         {
             var index = tensor(rows, device: Hidden.device);
             Hidden = Hidden.index_select(1, index);
+            if (UniformKeys is not null) UniformKeys = UniformKeys.index_select(3, index);
             Positions = rows.Select(r => Positions[r]).ToArray();
             PositionTensor = tensor(Positions, device: Hidden.device);
             return index;
@@ -69,6 +72,14 @@ namespace CleanSight.Core.Inference
             mask = mask.clone();
             mask.index_fill_(3, tensor(rows, device: Hidden.device), float.NegativeInfinity);
             KeyMask = mask;
+        }
+
+        /// <summary>Mark the given rows as keys whose attention is made uniform (added to any marked before).</summary>
+        public void Flatten(long[] rows)
+        {
+            var marks = UniformKeys?.clone() ?? zeros(1, 1, 1, Length, ScalarType.Float32, Hidden.device);
+            marks.index_fill_(3, tensor(rows, device: Hidden.device), 1.0f);
+            UniformKeys = marks;
         }
     }
 }

@@ -17,6 +17,9 @@ type Defense =
     | PruneAll
     /// exclude a random 90 % of the image tokens from the last detection layer on
     | RandomPrune
+    /// make every query's attention on the image tokens uniform from the last detection layer on
+    /// (no detection): each keeps its visual share, no token can steal it
+    | UniformVisual
     /// FastV: at layer K keep the top R of image tokens by head-averaged last-token attention
     | FastV of k: int * keep: float
     /// detection + purification
@@ -24,9 +27,9 @@ type Defense =
 
 let name = function
     | NoDefense -> "none" | Blur -> "blur" | ST -> "st" | PruneAll -> "prune-all" | RandomPrune -> "random-prune"
-    | FastV _ -> "fastv" | CleanSight -> "cleansight"
+    | UniformVisual -> "uniform" | FastV _ -> "fastv" | CleanSight -> "cleansight"
 
-let all = [ NoDefense; Blur; ST; PruneAll; RandomPrune; FastV(2, 0.5); CleanSight ]
+let all = [ NoDefense; Blur; ST; PruneAll; RandomPrune; UniformVisual; FastV(2, 0.5); CleanSight ]
 
 let parse (s: string) =
     match all |> List.tryFind (fun d -> name d = s.Trim().ToLowerInvariant()) with
@@ -136,5 +139,7 @@ let policy (defense: Defense) (calibration: Calibration.Calibration) (first: int
         cleanSight false (Some { CleanSightPolicy.Detection.Reference = calibration.Reference; Threshold = calibration.Threshold })
     | PruneAll -> cleanSight true None
     | RandomPrune -> exclude lastLayer (fun _ -> randomChoice 0.9 sampleSeed first last)
+    | UniformVisual ->
+        UniformAttentionPolicy(lastLayer, [| first .. last |]) :> IAttentionPolicy, (fun () -> { Distance = None; Flagged = false; Pruned = [||] })
     | FastV(k, keep) -> exclude k (fastV keep first last)
     | NoDefense | Blur | ST -> NoPolicy.Instance :> IAttentionPolicy, (fun () -> { Distance = None; Flagged = false; Pruned = [||] })

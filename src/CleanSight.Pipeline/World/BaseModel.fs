@@ -26,6 +26,8 @@ type Recipe =
       Seed: int64
       VisionScenes: int
       Vision: Training.Schedule
+      /// weight of the patch-pixel reconstruction loss in vision pre-training (0 = labels only)
+      VisionReconstruction: float
       TrainScenes: int
       Decoder: Training.Schedule
       /// every n-th decoder step trains on general text instead of image questions
@@ -38,6 +40,7 @@ let defaults =
       Seed = 7L
       VisionScenes = 3000
       Vision = { Steps = 300; PeakLr = 2e-3; WarmupSteps = 20; WeightDecay = 0.01; BatchSize = 64; Seed = 1L }
+      VisionReconstruction = 0.0
       TrainScenes = 6000
       Decoder = { Steps = 2200; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
       TextEvery = 6
@@ -108,7 +111,7 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
             { Pixels = px.[i]
               Labels = Scenes.patchLabels sizes.ImageSize sizes.PatchSize scene
               Sizes = Scenes.patchSizes sizes.ImageSize sizes.PatchSize scene })
-    VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) patch recipe.Vision (report "vision" recipe.Vision 25)
+    VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) recipe.VisionReconstruction patch recipe.Vision (report "vision" recipe.Vision 25)
     |> ignore
 
     // (2) projector + decoder, vision frozen

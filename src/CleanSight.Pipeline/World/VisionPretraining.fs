@@ -20,25 +20,37 @@ let sizeClasses = 3
 /// The 3×3-grid cell of each patch of an n×n patch grid, row-major.
 let patchCells (n: int) = Array.init (n * n) (fun k -> (k / n * 3 / n) * 3 + (k % n * 3 / n))
 
+/// The pixels of each patch: [B, 3, H, W] → [B, N, 3·P·P] (patches row-major, as the ViT's tokens).
+let patchPixels (patch: int64) (pixels: torch.Tensor) =
+    let b, c, h, w = pixels.shape.[0], pixels.shape.[1], pixels.shape.[2], pixels.shape.[3]
+    pixels.reshape(b, c, h / patch, patch, w / patch, patch)
+        .permute(0L, 2L, 4L, 1L, 3L, 5L)
+        .reshape(b, (h / patch) * (w / patch), c * patch * patch)
+
 /// Temporary heads on the ViT's feature layer (not part of the checkpoint).
-type private Heads(hidden: int64, shapes: int64, colours: int64) as this =
+type private Heads(hidden: int64, shapes: int64, colours: int64, patchValues: int64) as this =
     inherit torch.nn.Module("patch_heads")
     let shape = torch.nn.Linear(hidden, shapes)
     let colour = torch.nn.Linear(hidden, colours)
     let size = torch.nn.Linear(hidden, int64 sizeClasses)
     let cell = torch.nn.Linear(hidden, 9L)
+    let pixels = torch.nn.Linear(hidden, patchValues)
     do this.RegisterComponents()
     member _.Shape = shape
     member _.Colour = colour
     member _.Size = size
     member _.Cell = cell
+    member _.Pixels = pixels
 
-/// Trains the vision tower (only) on dense patch labels; returns the per-step losses.
-let pretrain (model: LlavaForConditionalGeneration) (shapeClasses: int) (colourClasses: int)
+/// Trains the vision tower (only) on dense patch labels and, weighted by `reconstruction` (0 = off),
+/// on reconstructing each patch's pixels from its token (mean squared error on the normalised
+/// pixels); returns the per-step losses.
+let pretrain (model: LlavaForConditionalGeneration) (shapeClasses: int) (colourClasses: int) (reconstruction: float)
              (examples: PatchExample[]) (schedule: Training.Schedule) (report: int -> float -> float -> unit) =
     let cfg = model.Config
     torch.manual_seed schedule.Seed |> ignore
-    let heads = new Heads(int64 cfg.Vision.HiddenSize, int64 shapeClasses, int64 colourClasses)
+    let patch = int64 cfg.Vision.PatchSize
+    let heads = new Heads(int64 cfg.Vision.HiddenSize, int64 shapeClasses, int64 colourClasses, 3L * patch * patch)
     let parameters =
         Training.trainableParameters model (fun n -> n.StartsWith "vision_tower.")
         @ [ for p in heads.parameters () -> p ]
@@ -58,10 +70,15 @@ let pretrain (model: LlavaForConditionalGeneration) (shapeClasses: int) (colourC
     let lossOf (pixels: torch.Tensor, shapes: torch.Tensor, colours: torch.Tensor, sizes: torch.Tensor, cells: torch.Tensor) =
         let h = model.VisionTower.HiddenStates(pixels, layer).[0]         // [B, N+1, D]
         let patches = h.narrow(1, 1L, h.shape.[1] - 1L).reshape(-1L, h.shape.[2]) // [B·N, D]
-        torch.nn.functional.cross_entropy(heads.Shape.forward patches, shapes)
-        + torch.nn.functional.cross_entropy(heads.Colour.forward patches, colours)
-        + torch.nn.functional.cross_entropy(heads.Size.forward patches, sizes)
-        + torch.nn.functional.cross_entropy(heads.Cell.forward patches, cells)
+        let labels =
+            torch.nn.functional.cross_entropy(heads.Shape.forward patches, shapes)
+            + torch.nn.functional.cross_entropy(heads.Colour.forward patches, colours)
+            + torch.nn.functional.cross_entropy(heads.Size.forward patches, sizes)
+            + torch.nn.functional.cross_entropy(heads.Cell.forward patches, cells)
+        if reconstruction = 0.0 then labels
+        else
+            let target = (patchPixels patch pixels).reshape(patches.shape.[0], -1L)        // [B·N, 3·P·P]
+            labels + reconstruction * torch.nn.functional.mse_loss(heads.Pixels.forward patches, target)
     let losses = Training.train schedule parameters batchAt lossOf report
     for p in parameters do p.requires_grad <- false
     losses

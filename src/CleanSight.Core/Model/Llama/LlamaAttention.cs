@@ -11,7 +11,8 @@ namespace CleanSight.Core.Model.Llama
     /// <summary>
     /// Causal grouped-query self-attention with RoPE. The attention-policy seam lives here: at an
     /// observed layer the last query's post-softmax row is computed by hand (the fast kernel still
-    /// computes the layer's output) and the policy may exclude keys from this layer on.
+    /// computes the layer's output) and the policy may exclude keys from this layer on. Keys a policy
+    /// makes uniform take the explicit path (<see cref="UniformAttention"/>) at this layer and after.
     /// </summary>
     public sealed class LlamaAttention : nn.Module
     {
@@ -45,9 +46,12 @@ namespace CleanSight.Core.Model.Llama
             var k = RotaryEmbedding.Apply(Heads(k_proj.forward(x), kvHeads), cos, sin); // [1, Hkv, T', d]
             var v = Heads(v_proj.forward(x), kvHeads);                                  // [1, Hkv, T', d]
 
+            var flatten = policy.Uniform(layer);
+            if (flatten.Count > 0) state.Flatten(state.RowsOf(flatten));
+
             if (policy.Observes(layer))
             {
-                var row = LastQueryRow(q, RepeatKv(k), state.KeyMask);                  // [H, T'] fp32
+                var row = LastQueryRow(q, RepeatKv(k), state.KeyMask, state.UniformKeys); // [H, T'] fp32
                 var excluded = policy.OnAttention(new AttentionRow(layer, heads, state.Positions[^1],
                     (long[])state.Positions.Clone(), row.data<float>().ToArray()));
                 if (excluded.Count > 0)
@@ -65,16 +69,19 @@ namespace CleanSight.Core.Model.Llama
                 }
             }
 
-            cache.Set(layer, k, v, state.KeyMask);
+            cache.Set(layer, k, v, state.KeyMask, state.UniformKeys);
             Tensor output;
-            if (state.KeyMask is null)
+            if (state.KeyMask is null && state.UniformKeys is null)
                 output = nn.functional.scaled_dot_product_attention(q, RepeatKv(k), RepeatKv(v), is_casual: true);
             else
             {
                 long n = state.Length;
                 var causal = ones(n, n, dtype: ScalarType.Bool, device: x.device).triu(1);
-                var mask = zeros(n, n, x.dtype, x.device).masked_fill(causal, float.NegativeInfinity) + state.KeyMask; // [1, 1, T', T']
-                output = nn.functional.scaled_dot_product_attention(q, RepeatKv(k), RepeatKv(v), mask);
+                var mask = zeros(n, n, x.dtype, x.device).masked_fill(causal, float.NegativeInfinity); // [T', T']
+                if (state.KeyMask is not null) mask = mask + state.KeyMask;                   // [1, 1, T', T']
+                output = state.UniformKeys is null
+                    ? nn.functional.scaled_dot_product_attention(q, RepeatKv(k), RepeatKv(v), mask)
+                    : UniformAttention(q, RepeatKv(k), RepeatKv(v), mask, state.UniformKeys);
             }
             return o_proj.forward(Merge(output));                                       // [1, T', D]
         }
@@ -88,8 +95,10 @@ namespace CleanSight.Core.Model.Llama
             var v = Heads(v_proj.forward(x), kvHeads);
             cache.Append(layer, k, v);
             // One query over the cache: no causal mask (the cache holds only the past and itself).
-            var output = nn.functional.scaled_dot_product_attention(
-                q, RepeatKv(cache.Keys(layer)), RepeatKv(cache.Values(layer)), cache.KeyMask(layer));
+            var output = cache.UniformKeys(layer) is null
+                ? nn.functional.scaled_dot_product_attention(
+                    q, RepeatKv(cache.Keys(layer)), RepeatKv(cache.Values(layer)), cache.KeyMask(layer))
+                : UniformAttention(q, RepeatKv(cache.Keys(layer)), RepeatKv(cache.Values(layer)), cache.KeyMask(layer), cache.UniformKeys(layer));
             return o_proj.forward(Merge(output));
         }
 
@@ -102,13 +111,39 @@ namespace CleanSight.Core.Model.Llama
             return o_proj.forward(Merge(nn.functional.scaled_dot_product_attention(q, RepeatKv(k), RepeatKv(v), is_casual: true)));
         }
 
-        /// <summary>softmax(q_last·kᵀ·scale + mask) in fp32, as HF's eager attention: [H, T].</summary>
-        Tensor LastQueryRow(Tensor q, Tensor kRep, Tensor keyMask)
+        /// <summary>softmax(q_last·kᵀ·scale + mask) in fp32, as HF's eager attention, with any uniform keys flattened: [H, T].</summary>
+        Tensor LastQueryRow(Tensor q, Tensor kRep, Tensor keyMask, Tensor uniformKeys)
         {
             var qLast = q.narrow(2, q.shape[2] - 1, 1);                                 // [1, H, 1, d]
             var scores = matmul(qLast, kRep.transpose(2, 3)) * scale;                   // [1, H, 1, T']
             if (keyMask is not null) scores = scores + keyMask;
-            return nn.functional.softmax(scores.to(ScalarType.Float32), -1).reshape(heads, -1).cpu();
+            var p = nn.functional.softmax(scores.to(ScalarType.Float32), -1);
+            if (uniformKeys is not null) p = Flatten(p, keyMask is null ? null : scores, uniformKeys);
+            return p.reshape(heads, -1).cpu();
+        }
+
+        /// <summary>
+        /// Attention whose weights on the keys marked in <paramref name="uniformKeys"/> [1, 1, 1, Tk]
+        /// are replaced, per query, by their mean over the marked keys that query can see: the mass
+        /// on the group is kept, its distribution made uniform. q [1, H, Tq, d], k/v [1, H, Tk, d],
+        /// mask additive [.., Tq, Tk] or null. Computed in fp32.
+        /// </summary>
+        Tensor UniformAttention(Tensor q, Tensor kRep, Tensor vRep, Tensor mask, Tensor uniformKeys)
+        {
+            var scores = matmul(q, kRep.transpose(2, 3)) * scale;                       // [1, H, Tq, Tk]
+            if (mask is not null) scores = scores + mask;
+            var p = Flatten(nn.functional.softmax(scores.to(ScalarType.Float32), -1), mask is null ? null : scores, uniformKeys);
+            return matmul(p.to(q.dtype), vRep);                                         // [1, H, Tq, d]
+        }
+
+        /// <summary>p [1, H, Tq, Tk] fp32 → the same with the visible marked keys sharing their total weight evenly.</summary>
+        static Tensor Flatten(Tensor p, Tensor maskedScores, Tensor uniformKeys)
+        {
+            var group = uniformKeys.to(ScalarType.Float32);                              // [1, 1, 1, Tk]
+            if (maskedScores is not null) group = group * isfinite(maskedScores).to(ScalarType.Float32); // visible only
+            var mass = (p * group).sum(-1, keepdim: true);                              // [1, H, Tq, 1]
+            var count = group.sum(-1, keepdim: true).clamp_min(1.0);
+            return p * (1.0f - group) + group * (mass / count);
         }
 
         Tensor Heads(Tensor y, int n) => y.view(y.shape[0], y.shape[1], n, headDim).transpose(1, 2); // [B, n, T, d]
