@@ -20,8 +20,9 @@ namespace CleanSight.Core.Model.Clip
         public override Tensor forward(Tensor x)
         {
             using var scope = NewDisposeScope();
+            using var k = 1.702.ToScalar();                // explicit: see RmsNorm
             var h = fc1.forward(x);
-            h = h * sigmoid(h * 1.702);
+            h = h * sigmoid(h * k);
             return fc2.forward(h).MoveToOuterDisposeScope();
         }
     }

@@ -114,8 +114,9 @@ namespace CleanSight.Core.Model.Llama
         /// <summary>softmax(q_last·kᵀ·scale + mask) in fp32, as HF's eager attention, with any uniform keys flattened: [H, T].</summary>
         Tensor LastQueryRow(Tensor q, Tensor kRep, Tensor keyMask, Tensor uniformKeys)
         {
+            using var s = scale.ToScalar();                                             // explicit: see RmsNorm
             var qLast = q.narrow(2, q.shape[2] - 1, 1);                                 // [1, H, 1, d]
-            var scores = matmul(qLast, kRep.transpose(2, 3)) * scale;                   // [1, H, 1, T']
+            var scores = matmul(qLast, kRep.transpose(2, 3)) * s;                       // [1, H, 1, T']
             if (keyMask is not null) scores = scores + keyMask;
             var p = nn.functional.softmax(scores.to(ScalarType.Float32), -1);
             if (uniformKeys is not null) p = Flatten(p, keyMask is null ? null : scores, uniformKeys);
@@ -130,7 +131,8 @@ namespace CleanSight.Core.Model.Llama
         /// </summary>
         Tensor UniformAttention(Tensor q, Tensor kRep, Tensor vRep, Tensor mask, Tensor uniformKeys)
         {
-            var scores = matmul(q, kRep.transpose(2, 3)) * scale;                       // [1, H, Tq, Tk]
+            using var s = scale.ToScalar();
+            var scores = matmul(q, kRep.transpose(2, 3)) * s;                           // [1, H, Tq, Tk]
             if (mask is not null) scores = scores + mask;
             var p = Flatten(nn.functional.softmax(scores.to(ScalarType.Float32), -1), mask is null ? null : scores, uniformKeys);
             return matmul(p.to(q.dtype), vRep);                                         // [1, H, Tq, d]
@@ -141,9 +143,10 @@ namespace CleanSight.Core.Model.Llama
         {
             var group = uniformKeys.to(ScalarType.Float32);                              // [1, 1, 1, Tk]
             if (maskedScores is not null) group = group * isfinite(maskedScores).to(ScalarType.Float32); // visible only
+            using var one = 1.0.ToScalar();
             var mass = (p * group).sum(-1, keepdim: true);                              // [1, H, Tq, 1]
-            var count = group.sum(-1, keepdim: true).clamp_min(1.0);
-            return p * (1.0f - group) + group * (mass / count);
+            var count = group.sum(-1, keepdim: true).clamp_min(one);
+            return p - p * group + group * (mass / count);
         }
 
         Tensor Heads(Tensor y, int n) => y.view(y.shape[0], y.shape[1], n, headDim).transpose(1, 2); // [B, n, T, d]
