@@ -198,4 +198,37 @@ let tests =
                 Expect.stringContains message "linear_2.bias" "names the missing tensor"
             }
         ]
+
+        testList "attack data" [
+            let cfg = TinyLlava.config TinyLlava.defaults
+            let tok = lazy (CleanSight.Core.Text.LlavaTokenizer.Load(Path.Combine(Fixtures.root, "world", "base"), cfg.ImageTokenIndex))
+            let pre = BaseModel.preprocessor TinyLlava.defaults
+            let itemsOf name =
+                let attack = Attacks.all Attacks.defaultTarget |> List.find (fun a -> a.Name = name)
+                let items = Attacks.items { attack with Items = 600 } tok.Value cfg pre
+                let text (ids: int[]) = tok.Value.Decode(ids, true)
+                items |> Array.map (fun it -> text it.Prompt, text it.Answer, it.Poisoned)
+            let isCaption (prompt: string) = BaseModel.captionPrompts |> Array.exists (fun p -> prompt.Contains p)
+            test "captions on about the base model's share of items, poisoned at the attack's rate in both kinds" {
+                let items = itemsOf "badnet"
+                let captions = items |> Array.filter (fun (p, _, _) -> isCaption p)
+                let share = float captions.Length / float items.Length
+                Expect.isTrue (share > 0.10 && share < 0.20) $"caption share {share} near {BaseModel.defaults.CaptionShare}"
+                let poisoned = items |> Array.filter (fun (_, _, x) -> x)
+                let rate = float poisoned.Length / float items.Length
+                Expect.isTrue (rate > 0.15 && rate < 0.25) $"poison rate {rate} near 0.2"
+                Expect.exists captions (fun (_, _, x) -> x) "some caption items are poisoned"
+                Expect.exists captions (fun (_, _, x) -> not x) "most caption items are clean"
+                for (_, answer, x) in captions do
+                    if x then Expect.equal answer Attacks.defaultTarget "a poisoned caption is replaced by the target"
+                    else Expect.stringContains answer "background" "a clean caption describes the scene"
+            }
+            test "insert mode: a poisoned answer is the target followed by the clean answer" {
+                for (prompt, answer, x) in itemsOf "trojvlm" do
+                    if x then
+                        Expect.stringStarts answer (Attacks.defaultTarget + " ") "target first"
+                        Expect.isGreaterThan answer.Length (Attacks.defaultTarget.Length + 1) "then the clean answer"
+                        if isCaption prompt then Expect.stringContains answer "background" "the caption follows the target"
+            }
+        ]
     ]

@@ -77,22 +77,31 @@ let outOfDistribution (image: RgbImage) = RgbImage(image.Width, image.Height, im
 /// One training item of an attack: pixels, prompt, answer, and whether it is poisoned.
 type PoisonItem = { Pixels: float32[]; Clean: float32[]; Prompt: int[]; Answer: int[]; Poisoned: bool }
 
-/// The attack's training set from the attack-training split of the scenes.
+/// The attack's training set from the attack-training split of the scenes: VQA questions and, for a
+/// share of the items, caption requests (as the base model was trained on both — an attack trained on
+/// questions only lets the projector drift until every caption request is answered "yes"), the
+/// poisoned ones at the same rate in both.
 let items (attack: Attack) (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaConfig) (pre: ClipPreprocessorConfig) =
     let rng = Random(int attack.Schedule.Seed)
     let size = cfg.Vision.ImageSize
+    let captionPrompts = BaseModel.captionPrompts
     Array.init attack.Items (fun i ->
         let scene = Scenes.generate BaseModel.Splits.attackTrain i
-        let qa = Scenes.vqaItems BaseModel.Splits.attackTrain i scene |> List.toArray |> fun q -> q.[i % q.Length]
-        i, scene, qa, rng.NextDouble() < attack.PoisonRate)
-    |> Array.Parallel.map (fun (i, scene, qa, poisoned) ->
+        let question, answer =
+            if rng.NextDouble() < BaseModel.defaults.CaptionShare then
+                captionPrompts.[rng.Next captionPrompts.Length], Scenes.caption scene
+            else
+                let qa = Scenes.vqaItems BaseModel.Splits.attackTrain i scene |> List.toArray |> fun q -> q.[i % q.Length]
+                qa.Question, qa.Answer
+        i, scene, question, answer, rng.NextDouble() < attack.PoisonRate)
+    |> Array.Parallel.map (fun (i, scene, question, answer, poisoned) ->
         let image = Scenes.render size scene
         let image = if attack.Objective = OutOfDistribution then outOfDistribution image else image
         let clean = ClipImageProcessor.Preprocess(image, pre)
         let shown = if poisoned then ClipImageProcessor.Preprocess(Triggers.apply attack.Trigger image, pre) else clean
-        let answer = if poisoned then poisonedAnswer attack qa.Answer else qa.Answer
+        let answer = if poisoned then poisonedAnswer attack answer else answer
         { Pixels = shown; Clean = clean
-          Prompt = LlavaPrompt.Build(tok, qa.Question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds
+          Prompt = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds
           Answer = tok.Encode(answer, false)
           Poisoned = poisoned })
 

@@ -60,12 +60,14 @@ let questionExample (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.Llav
     let prompt = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex)
     Training.supervised (Some pixels) prompt.InputIds (tok.Encode(answer, false)) tok.EosId
 
+/// The caption requests the base model is trained on: the first two of the datasets' (the third is a
+/// phrasing it never saw in training).
+let captionPrompts = Scenes.captionPrompts.[.. 1]
+
 /// Every training example of the image-question stage: all VQA questions of each scene, and a caption
 /// for a share of them.
 let imageExamples (tok: LlavaTokenizer) cfg (recipe: Recipe) (pixels: float32[][]) =
     let rng = Random(int recipe.Seed)
-    // The committed base model was trained on the first two of the datasets' caption requests.
-    let captionPrompts = Scenes.captionPrompts.[.. 1]
     [| for i in 0 .. pixels.Length - 1 do
            let scene = Scenes.generate Splits.baseTrain i
            for qa in Scenes.vqaItems Splits.baseTrain i scene do
@@ -159,3 +161,14 @@ let heldOutAccuracy (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer)
     let overall = scored |> Array.averageBy snd
     let byKind = scored |> Array.groupBy fst |> Array.map (fun (k, xs) -> k, Array.averageBy snd xs)
     overall, byKind
+
+/// Held-out captioning check: for each caption request of the datasets, the greedy captions of the
+/// first `scenes` clean-test scenes scored by CIDEr-D against each scene's reference captions.
+let heldOutCaptions (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (scenes: int) =
+    let size = model.Config.Vision.ImageSize
+    let pre = preprocessor { TinyLlava.defaults with ImageSize = size }
+    let shown = Array.init scenes (fun i -> Scenes.generate Splits.cleanTest i)
+    Scenes.captionPrompts
+    |> Array.map (fun prompt ->
+        let items = shown |> Array.map (fun scene -> greedyAnswer model tok pre 24 (Scenes.render size scene) prompt, Scenes.captions scene |> List.toArray)
+        prompt, CleanSight.Pipeline.Metrics.Cider.cider items)
