@@ -1,7 +1,9 @@
 // Ablations of the detector on the tiny world, from one prefill per input (all layers observed):
 //   1. diagonal vs full whitening (AUROC), 2. feature: ratio vs log-ratio vs visual share (AUROC),
 //   3. number of clean calibration samples → FPR on held-out clean inputs,
-//   4. detection start layer sweep (AUROC), 5. τ sweep (ASR vs utility, one attack, generation).
+//   4. detection start layer sweep (AUROC), 5. τ sweep (ASR vs utility, one attack, generation),
+//   6. uniform visual attention from layer ℓ on, every input (ASR and clean utility per attack):
+//      where in depth the backdoor's attention to the image matters.
 //   dotnet fsi analysis/ablations.fsx [OUT_DIR] [N_TEST] [N_TAU]
 #load "../scripts/load.fsx"
 #r "../src/CleanSight.Pipeline/bin/Release/net10.0/Deedle.dll"
@@ -87,6 +89,28 @@ if File.Exists adapter then
         rows.Add("badnet", "tau (relative) → ASR", string tau, asr)
         rows.Add("badnet", "tau (relative) → clean utility", string tau, util)
         printfn "tau %.2f: ASR %.2f utility %.2f" tau asr util
+
+// uniform visual attention from each layer on (no detection): ASR on triggered, utility on clean inputs
+for attack in Attacks.all Attacks.defaultTarget do
+    let adapter = Path.Combine(world, "adapters", attack.Name + ".safetensors")
+    if File.Exists adapter then
+        use session = LlavaSession.Load(Path.Combine(world, "base"), adapter = adapter)
+        let answer (from: int option) (image: RgbImage) (qa: Scenes.Qa) =
+            let ids = session.Prompt(qa.Question).InputIds |> Array.map int64
+            let struct (first, last) = AttentionRatio.ImageSpan(ids, int64 session.Config.ImageTokenIndex)
+            let policy: IAttentionPolicy =
+                match from with
+                | Some l -> UniformAttentionPolicy(l, [| first .. last |])
+                | None -> NoPolicy.Instance
+            session.Decode (Generator.Greedy(session.Model, ids, session.Pixels image, 16, policy)).OutputIds
+        let sub = test |> Array.truncate nTau
+        for from in None :: [ for l in 0 .. layersOf - 1 -> Some l ] do
+            let setting = from |> Option.map string |> Option.defaultValue "none"
+            let asr = sub |> Array.averageBy (fun (img, qa) -> if VqaMetrics.containsTarget attack.Target (answer from (Triggers.apply attack.Trigger img) qa) then 1.0 else 0.0)
+            let util = sub |> Array.averageBy (fun (img, qa) -> VqaMetrics.accuracy (Array.create 10 (VqaMetrics.normalize qa.Answer)) (answer from img qa))
+            rows.Add(attack.Name, "uniform from layer → ASR", setting, asr)
+            rows.Add(attack.Name, "uniform from layer → clean utility", setting, util)
+        printfn "%s: uniform sweep done" attack.Name
 
 let frame =
     rows |> Seq.mapi (fun i (a, k, s, v) -> i, series [ "attack" => box a; "ablation" => box k; "setting" => box s; "value" => box v ])
