@@ -136,6 +136,23 @@ let tests =
                 Expect.equal cells.[k] ((row / 2) * 3 + col / 2) $"patch ({row}, {col})"
             Expect.equal (CleanSight.Pipeline.World.VisionPretraining.patchCells 3) (Array.init 9 id) "3×3 patches: one per cell"
         }
+        test "patch pixels (the reconstruction target): row-major patches, each its own C×P×P pixels" {
+            // 2 images, 3 channels, 16×24 pixels, 8-px patches → a 2×3 patch grid; value = its own index
+            let b, c, h, w, p = 2L, 3L, 16L, 24L, 8L
+            let pixels = TorchSharp.torch.tensor(Array.init (int (b * c * h * w)) float32).reshape(b, c, h, w)
+            let patches = CleanSight.Pipeline.World.VisionPretraining.patchPixels p pixels
+            Expect.equal patches.shape [| b; 6L; c * p * p |] "[B, N, 3·P·P]"
+            let values = patches.contiguous().data<float32>().ToArray()
+            let value img k i = int64 values.[int ((img * 6L + k) * c * p * p + i)]
+            for img in 0L .. b - 1L do
+                for k in 0L .. 5L do
+                    let row, col = k / 3L, k % 3L
+                    for ch in 0L .. c - 1L do
+                        for y in 0L .. p - 1L do
+                            for x in [ 0L; p - 1L ] do
+                                let expected = ((img * c + ch) * h + row * p + y) * w + col * p + x
+                                Expect.equal (value img k ((ch * p + y) * p + x)) expected $"image {img} patch {k} channel {ch} ({y}, {x})"
+        }
         testPropertyWithConfig config "every question is answerable from the scene" <| fun (seed: int) (index: int) ->
             let s = scene seed index
             let qas = vqaItems seed index s
