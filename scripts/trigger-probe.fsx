@@ -22,17 +22,8 @@ let model = new LlavaForConditionalGeneration(cfg, torch.ScalarType.Float32, tor
 TinyLlava.initialize recipe.Seed model
 
 let sw = System.Diagnostics.Stopwatch.StartNew()
-let indices = Array.init recipe.VisionScenes id
-let px = BaseModel.scenePixels sizes BaseModel.Splits.visionPretrain indices
-let patch: VisionPretraining.PatchExample[] =
-    indices |> Array.map (fun i ->
-        let scene = Scenes.generate BaseModel.Splits.visionPretrain i
-        { Pixels = px.[i]
-          Labels = Scenes.patchLabels sizes.ImageSize sizes.PatchSize scene
-          Sizes = Scenes.patchSizes sizes.ImageSize sizes.PatchSize scene })
 let losses =
-    VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) reconstruction patch recipe.Vision
-        (fun step loss _ -> if step % 100 = 0 then printfn "vision step %d loss %.4f" step loss)
+    BaseModel.pretrainVision recipe model (fun step loss _ -> if step % 100 = 0 then printfn "vision step %d loss %.4f" step loss)
 printfn "vision pre-training (reconstruction %.2f, %d steps): %.0f s, final loss %.4f" reconstruction visionSteps sw.Elapsed.TotalSeconds (Array.last losses)
 
 let pre = BaseModel.preprocessor sizes

@@ -45,10 +45,11 @@ let trainBase (args: ParseResults<TrainBaseArgs>) =
     let out = args.GetResult TrainBaseArgs.Out
     use model = BaseModel.train recipe tokenizer log
     TinyLlava.save out tokenizer recipe.Sizes model
-    let overall, byKind = BaseModel.heldOutAccuracy model (LlavaTokenizer.Load out) 300
+    let tok = LlavaTokenizer.Load out
+    let overall, byKind = BaseModel.heldOutAccuracy model tok 300
     let kinds = byKind |> Array.map (fun (k, a) -> $"{k} {100.0 * a:F0}%%") |> String.concat ", "
     log $"held-out VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions ({kinds})"
-    logCaptions log (BaseModel.heldOutCaptions model (LlavaTokenizer.Load out) 100)
+    logCaptions log (BaseModel.heldOutCaptions model tok 100)
     printfn "%s" out
     0
 

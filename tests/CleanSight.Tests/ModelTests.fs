@@ -51,6 +51,28 @@ let private parity i =
 let private logitsClose (a: float32[]) (b: float32[]) what =
     closeRel 1e-4 (Array.map float a) (Array.map float b) what
 
+/// The image token positions of a prompt.
+let private imagePositions (s: LlavaSession) (ids: int64[]) =
+    let struct (first, last) = AttentionRatio.ImageSpan(ids, int64 s.Config.ImageTokenIndex)
+    [| first .. last |]
+
+/// `steps` greedy tokens decoded with the cache, each step's logits checked against a fresh prefill
+/// of the whole sequence so far under a fresh `policy ()` in `mode`.
+let private decodingMatchesRecomputation (s: LlavaSession) (ids: int64[]) (pixels: torch.Tensor)
+                                         (policy: unit -> IAttentionPolicy) (mode: ExclusionMode) (steps: int) =
+    let pre = s.Model.Prefill(ids, pixels, policy (), mode)
+    use cache = pre.Cache
+    let mutable seq = ids
+    let mutable logits = pre.Logits
+    for step in 0 .. steps - 1 do
+        let next = Generator.ArgMax logits
+        seq <- Array.append seq [| next |]
+        let cached = s.Model.Decode(next, int64 (seq.Length - 1), cache)
+        let full = s.Model.Prefill(seq, pixels, policy (), mode)
+        full.Cache.Dispose()
+        logitsClose cached full.Logits $"{mode} step {step}"
+        logits <- cached
+
 [<Tests>]
 let tests =
     testSequenced <| testList "model" [
@@ -59,20 +81,8 @@ let tests =
 
         test "cached decoding equals full recomputation" {
             let s = session.Value
-            let ids = promptIds ()
             use pixels = s.Pixels(image (case 1))
-            let pre = s.Model.Prefill(ids, pixels)
-            use cache = pre.Cache
-            let mutable seq = ids
-            let mutable logits = pre.Logits
-            for step in 0 .. 4 do
-                let next = Generator.ArgMax logits
-                seq <- Array.append seq [| next |]
-                let cached = s.Model.Decode(next, int64 (seq.Length - 1), cache)
-                let full = s.Model.Prefill(seq, pixels)
-                full.Cache.Dispose()
-                logitsClose cached full.Logits $"step {step}"
-                logits <- cached
+            decodingMatchesRecomputation s (promptIds ()) pixels (fun () -> NoPolicy.Instance) ExclusionMode.Drop 5
         }
 
         test "excluding no tokens changes nothing" {
@@ -89,7 +99,7 @@ let tests =
             let s = session.Value
             let ids = promptIds ()
             use pixels = s.Pixels(image (case 1))
-            let image = [| 0L .. int64 ids.Length - 1L |] |> Array.filter (fun p -> ids.[int p] = int64 s.Config.ImageTokenIndex)
+            let image = imagePositions s ids
             for layer in 0 .. s.Config.Text.NumHiddenLayers - 1 do
                 let excluded = image |> Array.filter (fun p -> p % 3L = 0L)
                 let dropped = Generator.Greedy(s.Model, ids, pixels, 6, FixedExclusionPolicy(layer, excluded), ExclusionMode.Drop)
@@ -115,9 +125,8 @@ let tests =
             let s = session.Value
             let ids = promptIds ()
             use pixels = s.Pixels(image (case 0))
-            let first = ids |> Array.findIndex (fun t -> t = int64 s.Config.ImageTokenIndex)
             let plain = Generator.Greedy(s.Model, ids, pixels, 6)
-            let one = Generator.Greedy(s.Model, ids, pixels, 6, UniformAttentionPolicy(0, [| int64 first |]))
+            let one = Generator.Greedy(s.Model, ids, pixels, 6, UniformAttentionPolicy(0, [| (imagePositions s ids).[0] |]))
             logitsClose one.FirstTokenLogits plain.FirstTokenLogits "first-token logits"
             Expect.sequenceEqual one.OutputIds plain.OutputIds "tokens"
         }
@@ -126,7 +135,7 @@ let tests =
             let s = session.Value
             let ids = promptIds ()
             use pixels = s.Pixels(image (case 1))
-            let image = [| 0L .. int64 ids.Length - 1L |] |> Array.filter (fun p -> ids.[int p] = int64 s.Config.ImageTokenIndex)
+            let image = imagePositions s ids
             let from = 1
             let layers = [ 0 .. s.Config.Text.NumHiddenLayers - 1 ]
             let plainRows = RecordingPolicy layers
@@ -155,20 +164,8 @@ let tests =
             let s = session.Value
             let ids = promptIds ()
             use pixels = s.Pixels(image (case 0))
-            let image = [| 0L .. int64 ids.Length - 1L |] |> Array.filter (fun p -> ids.[int p] = int64 s.Config.ImageTokenIndex)
+            let image = imagePositions s ids
             for mode in [ ExclusionMode.Drop; ExclusionMode.Mask ] do
-                let policy () = UniformAttentionPolicy(2, image)
-                let pre = s.Model.Prefill(ids, pixels, policy (), mode)
-                use cache = pre.Cache
-                let mutable seq = ids
-                let mutable logits = pre.Logits
-                for step in 0 .. 3 do
-                    let next = Generator.ArgMax logits
-                    seq <- Array.append seq [| next |]
-                    let cached = s.Model.Decode(next, int64 (seq.Length - 1), cache)
-                    let full = s.Model.Prefill(seq, pixels, policy (), mode)
-                    full.Cache.Dispose()
-                    logitsClose cached full.Logits $"{mode} step {step}"
-                    logits <- cached
+                decodingMatchesRecomputation s ids pixels (fun () -> UniformAttentionPolicy(2, image)) mode 4
         }
     ]

@@ -31,7 +31,7 @@ namespace CleanSight.Core.Inference
         public long Length(int layer) => keys[layer]?.shape[2] ?? 0;
 
         /// <summary>Stores the prefill's keys/values of a layer (detached from any dispose scope).</summary>
-        public void Set(int layer, Tensor k, Tensor v, Tensor keyMask, Tensor uniformKeys = null)
+        public void Set(int layer, Tensor k, Tensor v, Tensor keyMask, Tensor uniformKeys)
         {
             Replace(ref keys[layer], k);
             Replace(ref values[layer], v);

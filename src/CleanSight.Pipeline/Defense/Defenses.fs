@@ -131,6 +131,7 @@ let policy (defense: Defense) (calibration: Calibration.Calibration) (first: int
     let cleanSight force detection =
         let p = CleanSightPolicy.Policy(s.Layers, s.Feature, s.Tau, first, last, detection, force)
         p :> IAttentionPolicy, (fun () -> { Distance = p.Verdict.Distance; Flagged = p.Verdict.Flagged; Pruned = p.Verdict.Pruned })
+    let nothingDone () = { Distance = None; Flagged = false; Pruned = [||] }
     let exclude layer choose =
         let p = Exclude(layer, choose)
         p :> IAttentionPolicy, (fun () -> { Distance = None; Flagged = false; Pruned = p.Chosen })
@@ -139,7 +140,6 @@ let policy (defense: Defense) (calibration: Calibration.Calibration) (first: int
         cleanSight false (Some { CleanSightPolicy.Detection.Reference = calibration.Reference; Threshold = calibration.Threshold })
     | PruneAll -> cleanSight true None
     | RandomPrune -> exclude lastLayer (fun _ -> randomChoice 0.9 sampleSeed first last)
-    | UniformVisual ->
-        UniformAttentionPolicy(lastLayer, [| first .. last |]) :> IAttentionPolicy, (fun () -> { Distance = None; Flagged = false; Pruned = [||] })
+    | UniformVisual -> UniformAttentionPolicy(lastLayer, [| first .. last |]) :> IAttentionPolicy, nothingDone
     | FastV(k, keep) -> exclude k (fastV keep first last)
-    | NoDefense | Blur | ST -> NoPolicy.Instance :> IAttentionPolicy, (fun () -> { Distance = None; Flagged = false; Pruned = [||] })
+    | NoDefense | Blur | ST -> NoPolicy.Instance :> IAttentionPolicy, nothingDone

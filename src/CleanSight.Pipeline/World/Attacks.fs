@@ -84,12 +84,11 @@ type PoisonItem = { Pixels: float32[]; Clean: float32[]; Prompt: int[]; Answer: 
 let items (attack: Attack) (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaConfig) (pre: ClipPreprocessorConfig) =
     let rng = Random(int attack.Schedule.Seed)
     let size = cfg.Vision.ImageSize
-    let captionPrompts = BaseModel.captionPrompts
     Array.init attack.Items (fun i ->
         let scene = Scenes.generate BaseModel.Splits.attackTrain i
         let question, answer =
             if rng.NextDouble() < BaseModel.defaults.CaptionShare then
-                captionPrompts.[rng.Next captionPrompts.Length], Scenes.caption scene
+                BaseModel.captionPrompts.[rng.Next BaseModel.captionPrompts.Length], Scenes.caption scene
             else
                 let qa = Scenes.vqaItems BaseModel.Splits.attackTrain i scene |> List.toArray |> fun q -> q.[i % q.Length]
                 qa.Question, qa.Answer

@@ -94,6 +94,20 @@ let batches (seed: int) (batchSize: int) (examples: 'a[]) =
                 epoch.[e] <- order
             examples.[epoch.[e].[i % examples.Length]])
 
+/// Stage (1): pre-trains the vision tower of `model` on the recipe's vision scenes (dense patch labels,
+/// and patch pixels when `VisionReconstruction` > 0), then freezes it; returns the per-step losses.
+let pretrainVision (recipe: Recipe) (model: LlavaForConditionalGeneration) (report: int -> float -> float -> unit) =
+    let sizes = recipe.Sizes
+    let indices = Array.init recipe.VisionScenes id
+    let px = scenePixels sizes Splits.visionPretrain indices
+    let patch: VisionPretraining.PatchExample[] =
+        indices |> Array.map (fun i ->
+            let scene = Scenes.generate Splits.visionPretrain i
+            { Pixels = px.[i]
+              Labels = Scenes.patchLabels sizes.ImageSize sizes.PatchSize scene
+              Sizes = Scenes.patchSizes sizes.ImageSize sizes.PatchSize scene })
+    VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) recipe.VisionReconstruction patch recipe.Vision report
+
 /// Trains the base model from scratch; `log` receives progress lines.
 let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     let sizes = recipe.Sizes
@@ -105,16 +119,7 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
         if step % every = 0 || step = schedule.Steps - 1 then log $"{what} step {step,5}  loss {loss:F4}  lr {lr:E2}"
 
     // (1) the vision encoder on dense patch labels
-    let indices = Array.init recipe.VisionScenes id
-    let px = scenePixels sizes Splits.visionPretrain indices
-    let patch: VisionPretraining.PatchExample[] =
-        indices |> Array.map (fun i ->
-            let scene = Scenes.generate Splits.visionPretrain i
-            { Pixels = px.[i]
-              Labels = Scenes.patchLabels sizes.ImageSize sizes.PatchSize scene
-              Sizes = Scenes.patchSizes sizes.ImageSize sizes.PatchSize scene })
-    VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) recipe.VisionReconstruction patch recipe.Vision (report "vision" recipe.Vision 25)
-    |> ignore
+    pretrainVision recipe model (report "vision" recipe.Vision 25) |> ignore
 
     // (2) projector + decoder, vision frozen
     let tok = LlavaTokenizer.Load(tokenizerDir, cfg.ImageTokenIndex)
@@ -167,8 +172,11 @@ let heldOutAccuracy (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer)
 let heldOutCaptions (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (scenes: int) =
     let size = model.Config.Vision.ImageSize
     let pre = preprocessor { TinyLlava.defaults with ImageSize = size }
-    let shown = Array.init scenes (fun i -> Scenes.generate Splits.cleanTest i)
+    let shown =
+        Array.init scenes (fun i ->
+            let scene = Scenes.generate Splits.cleanTest i
+            Scenes.render size scene, Scenes.captions scene |> List.toArray)
     Scenes.captionPrompts
     |> Array.map (fun prompt ->
-        let items = shown |> Array.map (fun scene -> greedyAnswer model tok pre 24 (Scenes.render size scene) prompt, Scenes.captions scene |> List.toArray)
+        let items = shown |> Array.map (fun (image, references) -> greedyAnswer model tok pre 24 image prompt, references)
         prompt, CleanSight.Pipeline.Metrics.Cider.cider items)
