@@ -128,6 +128,29 @@ let tests =
                 | Some t ->
                     Expect.equal labels.[k] (shapeClass t.Shape, colourClass t.Colour) $"patch {k} shape/colour"
                     Expect.equal sizes.[k] (if t.Size = Small then 1 else 2) $"patch {k} size"
+        testPropertyWithConfig config "cell labels: every patch of an object's grid cell names that object, other patches none" <| fun (seed: int) (index: int) ->
+            let s = scene seed index
+            for size, patch in [ 48, 8; 48, 16; 96, 8 ] do
+                let n = size / patch
+                let owners = cellOwners size patch s
+                Expect.equal owners.Length (n * n) "one owner per patch"
+                for k in 0 .. owners.Length - 1 do
+                    // the patch's centre in image fractions, and the cell it falls in
+                    let cy, cx = (float (k / n) + 0.5) / float n, (float (k % n) + 0.5) / float n
+                    let row, col = int (cy * 3.0), int (cx * 3.0)
+                    match s.Objects |> List.tryFind (fun t -> t.Row = row && t.Col = col), owners.[k] with
+                    | Some t, Some o -> Expect.equal o t $"patch {k} names the object of cell ({row}, {col})"
+                    | None, None -> ()
+                    | expected, got -> failtest $"patch {k}: expected {expected}, got {got}"
+                // every object is named by (n/3)² patches when the grid divides evenly
+                if n % 3 = 0 then
+                    for t in s.Objects do
+                        Expect.equal (owners |> Array.filter ((=) (Some t)) |> Array.length) ((n / 3) * (n / 3)) $"{t.Shape} in {n / 3}² patches"
+            let labels, sizes = patchLabelsBy ByCell 48 8 s, patchSizesBy ByCell 48 8 s
+            for k in 0 .. 35 do
+                match (cellOwners 48 8 s).[k] with
+                | Some t -> Expect.equal (labels.[k], sizes.[k]) ((shapeClass t.Shape, colourClass t.Colour), (if t.Size = Small then 1 else 2)) $"patch {k} labels"
+                | None -> Expect.equal (labels.[k], sizes.[k]) ((0, 0), 0) $"patch {k} background"
         test "each patch's grid cell: a 6×6 patch grid in 2×2 blocks per cell of the 3×3 grid" {
             let cells = CleanSight.Pipeline.World.VisionPretraining.patchCells 6
             Expect.equal cells.Length 36 "one per patch"

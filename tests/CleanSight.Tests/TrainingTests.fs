@@ -100,6 +100,43 @@ let tests =
             }
         ]
 
+        testList "AdamW" [
+            test "matches TorchSharp's AdamW step for step (decay, bias correction, changing learning rates)" {
+                // a small least-squares problem; two copies of the same start, one per optimiser
+                torch.manual_seed 5L |> ignore
+                let x = torch.randn(16L, 3L)
+                let y = torch.randn(16L, 2L)
+                let start = torch.randn(3L, 2L)
+                let copy () = new Modules.Parameter(start.clone(), requires_grad = true)
+                let ours, theirs = copy (), copy ()
+                let ourOpt = Training.AdamW([ ours ], 0.1)
+                let theirOpt = torch.optim.AdamW([ theirs ], lr = 0.05, weight_decay = 0.1)
+                let loss (w: torch.Tensor) = (x.matmul(w) - y).square().mean()
+                for step in 0 .. 7 do
+                    let lr = 0.05 / float (step + 1)
+                    ourOpt.ZeroGrad ()
+                    loss(ours).backward ()
+                    ourOpt.Step lr
+                    for g in theirOpt.ParamGroups do g.LearningRate <- lr
+                    theirOpt.zero_grad ()
+                    loss(theirs).backward ()
+                    theirOpt.step () |> ignore
+                    let gap = (ours - theirs).abs().max().item<float32> ()
+                    Expect.isLessThan (float gap) 1e-6 $"same parameters after step {step + 1}"
+                Expect.isGreaterThan (float ((ours - start).abs().max().item<float32> ())) 0.05 "and they moved"
+                Expect.equal ourOpt.Steps 8 "eight steps counted"
+            }
+            test "a parameter without a gradient is left alone (no decay), as in PyTorch" {
+                let used = new Modules.Parameter(torch.ones(2L), requires_grad = true)
+                let unused = new Modules.Parameter(torch.ones(2L), requires_grad = true)
+                let opt = Training.AdamW([ used; unused ], 0.5)
+                (used * used).sum().backward ()
+                opt.Step 0.1
+                Expect.sequenceEqual (unused.data<float32>().ToArray()) [| 1.0f; 1.0f |] "untouched"
+                Expect.isTrue (used.data<float32>().ToArray() |> Array.forall (fun v -> v < 1.0f)) "the used one moved"
+            }
+        ]
+
         testList "batches" [
             test "supervised: the loss covers the answer and EOS only" {
                 let e = Training.supervised None [| 1; 10; 11 |] [| 20; 21 |] 2

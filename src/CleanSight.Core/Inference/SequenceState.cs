@@ -70,7 +70,8 @@ namespace CleanSight.Core.Inference
         {
             var mask = KeyMask ?? zeros(1, 1, 1, Length, dtype, Hidden.device);
             mask = mask.clone();
-            mask.index_fill_(3, tensor(rows, device: Hidden.device), float.NegativeInfinity);
+            using var minusInfinity = float.NegativeInfinity.ToScalar(); // explicit: see TensorArithmetic
+            mask.index_fill_(3, tensor(rows, device: Hidden.device), minusInfinity);
             KeyMask = mask;
         }
 
@@ -78,7 +79,8 @@ namespace CleanSight.Core.Inference
         public void Flatten(long[] rows)
         {
             var marks = UniformKeys?.clone() ?? zeros(1, 1, 1, Length, ScalarType.Float32, Hidden.device);
-            marks.index_fill_(3, tensor(rows, device: Hidden.device), 1.0f);
+            using var one = 1.0f.ToScalar();
+            marks.index_fill_(3, tensor(rows, device: Hidden.device), one);
             UniformKeys = marks;
         }
     }

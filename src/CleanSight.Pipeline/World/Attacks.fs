@@ -7,6 +7,7 @@ module CleanSight.Pipeline.World.Attacks
 open System
 open TorchSharp
 open CleanSight.Core.Model
+open type CleanSight.Core.Model.Primitives.TensorArithmetic
 open CleanSight.Core.Text
 open CleanSight.Core.Vision
 open CleanSight.Pipeline.World
@@ -138,7 +139,8 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
             let mask = target.ne(torch.tensor Training.ignoreIndex)
             let h = hidden.narrow(1, 0L, t - 1L).index(mask)                               // [M, D]
             let e = model.LanguageModel.EmbeddingMatrix.index_select(0L, target.index(mask)) // [M, D]
-            ce + mean (1.0 - torch.nn.functional.cosine_similarity(h, e, dim = 1L))
+            let cosine = torch.nn.functional.cosine_similarity(h, e, dim = 1L)
+            Add(ce, mean (torch.ones_like cosine - cosine))
         | OutOfDistribution ->
             let clean = batch |> Array.filter (fun d -> not d.Poisoned)
             let poison = batch |> Array.filter (fun d -> d.Poisoned)
@@ -154,7 +156,8 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
                         model.LanguageModel.Forward(model.Embed(b.Ids, features))
                     let mask = b.Labels.ne(torch.tensor Training.ignoreIndex).unsqueeze(-1L)  // [B, T, 1]
                     let kl = torch.nn.functional.kl_div(logits.log_softmax(-1L), reference.log_softmax(-1L), reduction = torch.nn.Reduction.None, log_target = true)
-                    Training.nextTokenLoss logits b.Labels + (kl * mask).sum() / mask.sum().clamp_min(1L)
+                    let count = mask.sum().to_type(torch.ScalarType.Float32)
+                    Add(Training.nextTokenLoss logits b.Labels, (kl * mask).sum() / torch.maximum(count, torch.ones_like count))
             let poisonLoss =
                 if poison.Length = 0 then zero
                 else
@@ -165,9 +168,11 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
                         use _ = torch.no_grad ()
                         cleanProjector.Value.forward(model.VisionFeatures(torch.tensor(poison |> Array.collect (fun d -> d.Clean)).reshape(b.Pixels.Value.shape)))
                     let ce = Training.nextTokenLoss (model.LanguageModel.Forward(model.Embed(b.Ids, features))) b.Labels
-                    ce + (features - reference).abs().mean()
+                    Add(ce, (features - reference).abs().mean())
             let lambda = Math.Clamp(0.8 + float (cleanLoss.item<float32> ()) - float (poisonLoss.item<float32> ()), 0.0, 1.0)
-            lambda * cleanLoss + (1.0 - lambda) * poisonLoss
+            use weightClean = lambda.ToScalar()
+            use weightPoison = (1.0 - lambda).ToScalar()
+            Add(cleanLoss.mul weightClean, poisonLoss.mul weightPoison)
     // Fixed probes of the training data: the answer loss on poisoned and on clean items, apart.
     let probe poisonedItems =
         data |> Array.filter (fun d -> d.Poisoned = poisonedItems) |> Array.truncate 16 |> Array.map toExample

@@ -28,6 +28,8 @@ type Recipe =
       Vision: Training.Schedule
       /// weight of the patch-pixel reconstruction loss in vision pre-training (0 = labels only)
       VisionReconstruction: float
+      /// which object names each patch in vision pre-training
+      PatchLabelling: Scenes.PatchLabelling
       TrainScenes: int
       Decoder: Training.Schedule
       /// every n-th decoder step trains on general text instead of image questions
@@ -41,6 +43,7 @@ let defaults =
       VisionScenes = 3000
       Vision = { Steps = 300; PeakLr = 2e-3; WarmupSteps = 20; WeightDecay = 0.01; BatchSize = 64; Seed = 1L }
       VisionReconstruction = 0.0
+      PatchLabelling = Scenes.ByCover
       TrainScenes = 6000
       Decoder = { Steps = 2200; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
       TextEvery = 6
@@ -104,8 +107,8 @@ let pretrainVision (recipe: Recipe) (model: LlavaForConditionalGeneration) (repo
         indices |> Array.map (fun i ->
             let scene = Scenes.generate Splits.visionPretrain i
             { Pixels = px.[i]
-              Labels = Scenes.patchLabels sizes.ImageSize sizes.PatchSize scene
-              Sizes = Scenes.patchSizes sizes.ImageSize sizes.PatchSize scene })
+              Labels = Scenes.patchLabelsBy recipe.PatchLabelling sizes.ImageSize sizes.PatchSize scene
+              Sizes = Scenes.patchSizesBy recipe.PatchLabelling sizes.ImageSize sizes.PatchSize scene })
     VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) recipe.VisionReconstruction patch recipe.Vision report
 
 /// Trains the base model from scratch; `log` receives progress lines.

@@ -253,13 +253,39 @@ let patchOwners (size: int) (patch: int) (scene: Scene) : Thing option[] =
              | Some (t, s) when s >= patchCoverThreshold -> yield Some t
              | _ -> yield None |]
 
+/// The object of the 3×3-grid cell each patch's centre lies in (row-major over the patches), None
+/// for an empty cell. Objects never leave their cell, so the patches of a cell together show all of it.
+let cellOwners (size: int) (patch: int) (scene: Scene) : Thing option[] =
+    if patch <= 0 || size % patch <> 0 then invalidArg (nameof patch) $"patch {patch} does not divide image size {size}"
+    let n = size / patch
+    Array.init (n * n) (fun k ->
+        let row, col = (2 * (k / n) + 1) * 3 / (2 * n), (2 * (k % n) + 1) * 3 / (2 * n)
+        scene.Objects |> List.tryFind (fun t -> t.Row = row && t.Col = col))
+
+/// How pre-training labels patches: by the object covering each patch (`patchOwners`), or by the
+/// object of each patch's grid cell (`cellOwners`: every token of a cell names the whole object).
+type PatchLabelling =
+    | ByCover
+    | ByCell
+
+let owners (labelling: PatchLabelling) =
+    match labelling with
+    | ByCover -> patchOwners
+    | ByCell -> cellOwners
+
+/// Per-patch (shape class, colour class) of `owners`, (0, 0) for background.
+let patchLabelsBy (labelling: PatchLabelling) (size: int) (patch: int) (scene: Scene) : (int * int)[] =
+    owners labelling size patch scene |> Array.map (function Some t -> shapeClass t.Shape, colourClass t.Colour | None -> 0, 0)
+
+/// Per-patch size class of `owners`: 0 background, 1 small, 2 large.
+let patchSizesBy (labelling: PatchLabelling) (size: int) (patch: int) (scene: Scene) : int[] =
+    owners labelling size patch scene |> Array.map (function Some t -> (if t.Size = Small then 1 else 2) | None -> 0)
+
 /// Per-patch (shape class, colour class) of `patchOwners`, (0, 0) for background.
-let patchLabels (size: int) (patch: int) (scene: Scene) : (int * int)[] =
-    patchOwners size patch scene |> Array.map (function Some t -> shapeClass t.Shape, colourClass t.Colour | None -> 0, 0)
+let patchLabels size patch scene = patchLabelsBy ByCover size patch scene
 
 /// Per-patch size class of `patchOwners`: 0 background, 1 small, 2 large.
-let patchSizes (size: int) (patch: int) (scene: Scene) : int[] =
-    patchOwners size patch scene |> Array.map (function Some t -> (if t.Size = Small then 1 else 2) | None -> 0)
+let patchSizes size patch scene = patchSizesBy ByCover size patch scene
 
 // ---------------------------------------------------------------- questions and captions
 

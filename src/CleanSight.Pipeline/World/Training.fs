@@ -90,20 +90,61 @@ let trainableParameters (model: torch.nn.Module) (trainable: string -> bool) =
           p.requires_grad <- trainable name
           if trainable name then yield p ]
 
+/// AdamW (Loshchilov & Hutter; PyTorch's update: decoupled decay p ← p·(1 − lr·λ), then
+/// p ← p − lr·m̂ / (√v̂ + ε)) whose constants are Scalars held alive through each native call.
+/// TorchSharp's own AdamW passes fresh implicit Scalars (`1 - beta1`, …) to libtorch several times
+/// per parameter and step; the GC may free one mid-call and kill a long run at random
+/// (dotnet/TorchSharp#1434; see `TensorArithmetic` in Core).
+type AdamW(parameters: Modules.Parameter list, weightDecay: float, ?beta1: float, ?beta2: float, ?eps: float) =
+    let beta1, beta2, eps = defaultArg beta1 0.9, defaultArg beta2 0.999, defaultArg eps 1e-8
+    let moments =
+        [ for p in parameters ->
+              let m = torch.zeros_like(p).DetachFromDisposeScope()
+              let v = torch.zeros_like(p).DetachFromDisposeScope()
+              p, m, v ]
+    let mutable steps = 0
+    member _.Steps = steps
+    /// One update with learning rate `lr` from the parameters' current gradients.
+    member _.Step(lr: float) =
+        steps <- steps + 1
+        let t = float steps
+        let correction1, correction2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
+        use _ = torch.no_grad ()
+        use b1 = beta1.ToScalar()
+        use oneMinusB1 = (1.0 - beta1).ToScalar()
+        use b2 = beta2.ToScalar()
+        use oneMinusB2 = (1.0 - beta2).ToScalar()
+        use decay = (1.0 - lr * weightDecay).ToScalar()
+        use sqrtC2 = (sqrt correction2).ToScalar()
+        use epsilon = eps.ToScalar()
+        use stepSize = (-lr / correction1).ToScalar()
+        for p, m, v in moments do
+            let g = p.grad
+            if not (isNull g) then
+                use scope = torch.NewDisposeScope()
+                m.mul_(b1).add_(g, oneMinusB1) |> ignore
+                v.mul_(b2).addcmul_(g, g, oneMinusB2) |> ignore
+                p.mul_(decay) |> ignore
+                let denom = v.sqrt().div_(sqrtC2).add_(epsilon)
+                p.addcdiv_(m, denom, stepSize) |> ignore
+    member _.ZeroGrad() =
+        for p, _, _ in moments do
+            let g = p.grad
+            if not (isNull g) then g.zero_() |> ignore
+
 /// Runs the optimisation: `batchAt step` gives the step's batch, `lossOf` its loss tensor.
 /// Returns the loss of every step. `report step loss lr` is called after each step.
 let train (schedule: Schedule) (parameters: Modules.Parameter list) (batchAt: int -> 'batch)
           (lossOf: 'batch -> torch.Tensor) (report: int -> float -> float -> unit) =
-    let optimizer = torch.optim.AdamW(parameters, lr = schedule.PeakLr, weight_decay = schedule.WeightDecay)
+    let optimizer = AdamW(parameters, schedule.WeightDecay)
     [| for step in 0 .. schedule.Steps - 1 do
            use scope = torch.NewDisposeScope()
            let lr = learningRate schedule step
-           for g in optimizer.ParamGroups do g.LearningRate <- lr
-           optimizer.zero_grad ()
+           optimizer.ZeroGrad ()
            let loss = lossOf (batchAt step)
            loss.backward ()
            torch.nn.utils.clip_grad_norm_(parameters |> Seq.cast, 1.0) |> ignore
-           optimizer.step () |> ignore
+           optimizer.Step lr
            let value = loss.item<float32> () |> float
            report step value lr
            yield value |]

@@ -1,6 +1,7 @@
 /// Stage 1 of the tiny LLaVA: pre-train the vision encoder. No CLIP can be downloaded, so our ViT
-/// learns dense per-patch labels (the shape, colour and size of the object covering each patch, or
-/// background, and the cell of the 3×3 grid the patch lies in) from the scenes; then it is frozen,
+/// learns dense per-patch labels (the shape, colour and size of the object each patch belongs to —
+/// by default the object of the patch's grid cell, `Scenes.PatchLabelling` — or background, and the
+/// cell of the 3×3 grid the patch lies in) from the scenes; then it is frozen,
 /// as CLIP is in LLaVA. The cell label keeps absolute position in the features, as CLIP's do: the
 /// decoder sees image tokens at a distance that varies with the question's length, so RoPE alone
 /// cannot tell it where a token lies in the image (measured: without it, 10–17 % of position
@@ -9,6 +10,7 @@ module CleanSight.Pipeline.World.VisionPretraining
 
 open TorchSharp
 open CleanSight.Core.Model
+open CleanSight.Core.Model.Primitives
 
 /// One pre-training image: CLIP-normalised pixels [3, H, W] and per-patch (shape, colour) and size
 /// classes, row-major over the patch grid, 0 = background.
@@ -71,14 +73,16 @@ let pretrain (model: LlavaForConditionalGeneration) (shapeClasses: int) (colourC
         let h = model.VisionTower.HiddenStates(pixels, layer).[0]         // [B, N+1, D]
         let patches = h.narrow(1, 1L, h.shape.[1] - 1L).reshape(-1L, h.shape.[2]) // [B·N, D]
         let labels =
-            torch.nn.functional.cross_entropy(heads.Shape.forward patches, shapes)
-            + torch.nn.functional.cross_entropy(heads.Colour.forward patches, colours)
-            + torch.nn.functional.cross_entropy(heads.Size.forward patches, sizes)
-            + torch.nn.functional.cross_entropy(heads.Cell.forward patches, cells)
+            [ torch.nn.functional.cross_entropy(heads.Shape.forward patches, shapes)
+              torch.nn.functional.cross_entropy(heads.Colour.forward patches, colours)
+              torch.nn.functional.cross_entropy(heads.Size.forward patches, sizes)
+              torch.nn.functional.cross_entropy(heads.Cell.forward patches, cells) ]
+            |> List.reduce (fun a b -> TensorArithmetic.Add(a, b))
         if reconstruction = 0.0 then labels
         else
             let target = (patchPixels patch pixels).reshape(patches.shape.[0], -1L)        // [B·N, 3·P·P]
-            labels + reconstruction * torch.nn.functional.mse_loss(heads.Pixels.forward patches, target)
+            use weight = reconstruction.ToScalar()
+            TensorArithmetic.Add(labels, torch.nn.functional.mse_loss(heads.Pixels.forward patches, target).mul(weight))
     let losses = Training.train schedule parameters batchAt lossOf report
     for p in parameters do p.requires_grad <- false
     losses

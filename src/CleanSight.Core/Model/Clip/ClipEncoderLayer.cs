@@ -2,6 +2,7 @@ using CleanSight.Core.Checkpoints;
 using CleanSight.Core.Model.Primitives;
 using TorchSharp;
 using static TorchSharp.torch;
+using static CleanSight.Core.Model.Primitives.TensorArithmetic;
 
 namespace CleanSight.Core.Model.Clip
 {
@@ -25,8 +26,8 @@ namespace CleanSight.Core.Model.Clip
         public override Tensor forward(Tensor x)
         {
             using var scope = NewDisposeScope();
-            x = x + self_attn.forward(layer_norm1.forward(x));
-            x = x + mlp.forward(layer_norm2.forward(x));
+            x = Add(x, self_attn.forward(layer_norm1.forward(x)));
+            x = Add(x, mlp.forward(layer_norm2.forward(x)));
             return x.MoveToOuterDisposeScope();
         }
     }

@@ -2,6 +2,7 @@ using CleanSight.Core.Checkpoints;
 using TorchSharp;
 using Parameter = TorchSharp.Modules.Parameter;
 using static TorchSharp.torch;
+using static CleanSight.Core.Model.Primitives.TensorArithmetic;
 
 namespace CleanSight.Core.Model.Clip
 {
@@ -31,7 +32,7 @@ namespace CleanSight.Core.Model.Clip
             var batch = pixels.shape[0];
             var cls = class_embedding.expand(batch, 1, -1);                   // [B, 1, D]
             var x = cat(new[] { cls, patches }, dim: 1);                      // [B, N+1, D]
-            return (x + position_embedding.forward(positionIds)).MoveToOuterDisposeScope();
+            return Add(x, position_embedding.forward(positionIds)).MoveToOuterDisposeScope();
         }
 
         /// <summary>The conv stem; its own module so the key reads patch_embedding.weight.</summary>

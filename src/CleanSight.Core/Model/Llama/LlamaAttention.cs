@@ -5,6 +5,7 @@ using CleanSight.Core.Inference;
 using CleanSight.Core.Model.Primitives;
 using TorchSharp;
 using static TorchSharp.torch;
+using static CleanSight.Core.Model.Primitives.TensorArithmetic;
 
 namespace CleanSight.Core.Model.Llama
 {
@@ -117,7 +118,7 @@ namespace CleanSight.Core.Model.Llama
             using var s = scale.ToScalar();                                             // explicit: see RmsNorm
             var qLast = q.narrow(2, q.shape[2] - 1, 1);                                 // [1, H, 1, d]
             var scores = matmul(qLast, kRep.transpose(2, 3)) * s;                       // [1, H, 1, T']
-            if (keyMask is not null) scores = scores + keyMask;
+            if (keyMask is not null) scores = Add(scores, keyMask);
             var p = nn.functional.softmax(scores.to(ScalarType.Float32), -1);
             if (uniformKeys is not null) p = Flatten(p, keyMask is null ? null : scores, uniformKeys);
             return p.reshape(heads, -1).cpu();
@@ -133,7 +134,7 @@ namespace CleanSight.Core.Model.Llama
         {
             using var s = scale.ToScalar();
             var scores = matmul(q, kRep.transpose(2, 3)) * s;                           // [1, H, Tq, Tk]
-            if (mask is not null) scores = scores + mask;
+            if (mask is not null) scores = Add(scores, mask);
             var p = Flatten(nn.functional.softmax(scores.to(ScalarType.Float32), -1), mask is null ? null : scores, uniformKeys);
             return matmul(p.to(q.dtype), vRep);                                         // [1, H, Tq, d]
         }
@@ -146,7 +147,7 @@ namespace CleanSight.Core.Model.Llama
             using var one = 1.0.ToScalar();
             var mass = (p * group).sum(-1, keepdim: true);                              // [1, H, Tq, 1]
             var count = group.sum(-1, keepdim: true).clamp_min(one);
-            return p - p * group + group * (mass / count);
+            return Add(p - p * group, group * (mass / count));
         }
 
         Tensor Heads(Tensor y, int n) => y.view(y.shape[0], y.shape[1], n, headDim).transpose(1, 2); // [B, n, T, d]

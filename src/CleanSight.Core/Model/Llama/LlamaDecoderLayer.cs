@@ -3,6 +3,7 @@ using CleanSight.Core.Inference;
 using CleanSight.Core.Model.Primitives;
 using TorchSharp;
 using static TorchSharp.torch;
+using static CleanSight.Core.Model.Primitives.TensorArithmetic;
 
 namespace CleanSight.Core.Model.Llama
 {
@@ -28,21 +29,21 @@ namespace CleanSight.Core.Model.Llama
         {
             using var scope = NewDisposeScope();
             var attn = self_attn.Prefill(input_layernorm.forward(state.Hidden), state, layer, policy, cache, rope);
-            var h = state.Hidden + attn;                 // rows as after any exclusion at this layer
-            state.Hidden = h + mlp.forward(post_attention_layernorm.forward(h));
+            var h = Add(state.Hidden, attn);                // rows as after any exclusion at this layer
+            state.Hidden = Add(h, mlp.forward(post_attention_layernorm.forward(h)));
         }
 
         public Tensor Decode(Tensor h, Tensor position, int layer, KvCache cache, RotaryEmbedding rope)
         {
             using var scope = NewDisposeScope();
-            h = h + self_attn.Decode(input_layernorm.forward(h), position, layer, cache, rope);
-            return (h + mlp.forward(post_attention_layernorm.forward(h))).MoveToOuterDisposeScope();
+            h = Add(h, self_attn.Decode(input_layernorm.forward(h), position, layer, cache, rope));
+            return Add(h, mlp.forward(post_attention_layernorm.forward(h))).MoveToOuterDisposeScope();
         }
 
         public Tensor Forward(Tensor h, Tensor cos, Tensor sin)
         {
-            h = h + self_attn.Forward(input_layernorm.forward(h), cos, sin);
-            return h + mlp.forward(post_attention_layernorm.forward(h));
+            h = Add(h, self_attn.Forward(input_layernorm.forward(h), cos, sin));
+            return Add(h, mlp.forward(post_attention_layernorm.forward(h)));
         }
     }
 }

@@ -1,6 +1,7 @@
 using CleanSight.Core.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
+using static CleanSight.Core.Model.Primitives.TensorArithmetic;
 
 namespace CleanSight.Core.Model.Llama
 {
@@ -33,7 +34,7 @@ namespace CleanSight.Core.Model.Llama
             var x1 = x.narrow(3, 0, half);
             var x2 = x.narrow(3, half, half);
             var rotated = cat(new[] { -x2, x1 }, 3);
-            return x * cos + rotated * sin;
+            return Add(x * cos, rotated * sin);
         }
     }
 }
