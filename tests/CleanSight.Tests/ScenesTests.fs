@@ -151,6 +151,11 @@ let tests =
                 match (cellOwners 48 8 s).[k] with
                 | Some t -> Expect.equal (labels.[k], sizes.[k]) ((shapeClass t.Shape, colourClass t.Colour), (if t.Size = Small then 1 else 2)) $"patch {k} labels"
                 | None -> Expect.equal (labels.[k], sizes.[k]) ((0, 0), 0) $"patch {k} background"
+            // mixed: shape and size by cell, colour by cover
+            let mixed, mixedSizes = patchLabelsBy ByCellColourByCover 48 8 s, patchSizesBy ByCellColourByCover 48 8 s
+            Expect.equal (mixed |> Array.map fst) (labels |> Array.map fst) "shape by cell"
+            Expect.equal mixedSizes sizes "size by cell"
+            Expect.equal (mixed |> Array.map snd) (patchLabels 48 8 s |> Array.map snd) "colour by cover"
         test "each patch's grid cell: a 6×6 patch grid in 2×2 blocks per cell of the 3×3 grid" {
             let cells = CleanSight.Pipeline.World.VisionPretraining.patchCells 6
             Expect.equal cells.Length 36 "one per patch"

@@ -264,22 +264,29 @@ let cellOwners (size: int) (patch: int) (scene: Scene) : Thing option[] =
 
 /// How pre-training labels patches: by the object covering each patch (`patchOwners`), or by the
 /// object of each patch's grid cell (`cellOwners`: every token of a cell names the whole object).
+/// `ByCellColourByCover`: shape and size by cell, colour by cover.
 type PatchLabelling =
     | ByCover
     | ByCell
+    | ByCellColourByCover
 
-let owners (labelling: PatchLabelling) =
+/// The owners of each patch for (shape and size, colour).
+let owners (labelling: PatchLabelling) size patch scene =
     match labelling with
-    | ByCover -> patchOwners
-    | ByCell -> cellOwners
+    | ByCover -> let o = patchOwners size patch scene in o, o
+    | ByCell -> let o = cellOwners size patch scene in o, o
+    | ByCellColourByCover -> cellOwners size patch scene, patchOwners size patch scene
 
-/// Per-patch (shape class, colour class) of `owners`, (0, 0) for background.
+/// Per-patch (shape class, colour class) of `owners`, 0 for background.
 let patchLabelsBy (labelling: PatchLabelling) (size: int) (patch: int) (scene: Scene) : (int * int)[] =
-    owners labelling size patch scene |> Array.map (function Some t -> shapeClass t.Shape, colourClass t.Colour | None -> 0, 0)
+    let shapeOwners, colourOwners = owners labelling size patch scene
+    Array.map2 (fun (s: Thing option) (c: Thing option) ->
+        (s |> Option.map (fun t -> shapeClass t.Shape) |> Option.defaultValue 0),
+        (c |> Option.map (fun t -> colourClass t.Colour) |> Option.defaultValue 0)) shapeOwners colourOwners
 
-/// Per-patch size class of `owners`: 0 background, 1 small, 2 large.
+/// Per-patch size class of `owners` (shape's): 0 background, 1 small, 2 large.
 let patchSizesBy (labelling: PatchLabelling) (size: int) (patch: int) (scene: Scene) : int[] =
-    owners labelling size patch scene |> Array.map (function Some t -> (if t.Size = Small then 1 else 2) | None -> 0)
+    fst (owners labelling size patch scene) |> Array.map (function Some t -> (if t.Size = Small then 1 else 2) | None -> 0)
 
 /// Per-patch (shape class, colour class) of `patchOwners`, (0, 0) for background.
 let patchLabels size patch scene = patchLabelsBy ByCover size patch scene
