@@ -1,6 +1,6 @@
 /// Stage 1 of the tiny LLaVA: pre-train the vision encoder. No CLIP can be downloaded, so our ViT
-/// learns dense per-patch labels (the shape, colour and size of the object each patch belongs to —
-/// by default the object of the patch's grid cell, `Scenes.PatchLabelling` — or background, and the
+/// learns dense per-patch labels (the shape, colour and size of the object covering each patch — or,
+/// as a recipe option, `Scenes.PatchLabelling`, of the patch's grid cell — or background, and the
 /// cell of the 3×3 grid the patch lies in) from the scenes; then it is frozen,
 /// as CLIP is in LLaVA. The cell label keeps absolute position in the features, as CLIP's do: the
 /// decoder sees image tokens at a distance that varies with the question's length, so RoPE alone
