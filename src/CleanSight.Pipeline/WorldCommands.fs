@@ -22,9 +22,11 @@ let world (args: ParseResults<WorldArgs>) =
     0
 
 /// One line of held-out caption CIDEr-D per caption request.
-let private logCaptions (log: string -> unit) (scores: (string * float)[]) =
-    let parts = scores |> Array.map (fun (prompt, c) -> $"\"{prompt}\" {c:F2}") |> String.concat ", "
-    log $"held-out caption CIDEr-D on 100 clean-test images: {parts}"
+let private logCaptions (log: string -> unit) (model: CleanSight.Core.Model.LlavaForConditionalGeneration) (tok: LlavaTokenizer) (images: int) =
+    let parts =
+        BaseModel.heldOutCaptions model tok images
+        |> Array.map (fun (prompt, c) -> $"\"{prompt}\" {c:F2}") |> String.concat ", "
+    log $"held-out caption CIDEr-D on {images} clean-test images: {parts}"
 
 let trainBase (args: ParseResults<TrainBaseArgs>) =
     let log = Progress.logger (args.Contains TrainBaseArgs.No_Progress)
@@ -49,7 +51,7 @@ let trainBase (args: ParseResults<TrainBaseArgs>) =
     let overall, byKind = BaseModel.heldOutAccuracy model tok 300
     let kinds = byKind |> Array.map (fun (k, a) -> $"{k} {100.0 * a:F0}%%") |> String.concat ", "
     log $"held-out VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions ({kinds})"
-    logCaptions log (BaseModel.heldOutCaptions model tok 100)
+    logCaptions log model tok 100
     printfn "%s" out
     0
 
@@ -77,7 +79,7 @@ let attack (args: ParseResults<AttackArgs>) =
     log $"{spec.Name}: held-out ASR {100.0 * asr:F0}%% on 100 triggered clean-test images, {100.0 * cleanAsr:F0}%% on the same images clean"
     let overall, _ = BaseModel.heldOutAccuracy session.Model session.Tokenizer 300
     log $"{spec.Name}: held-out clean VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions"
-    logCaptions log (BaseModel.heldOutCaptions session.Model session.Tokenizer 100)
+    logCaptions log session.Model session.Tokenizer 100
     let out = args.GetResult AttackArgs.Out
     TinyLlava.saveAdapter out session.Model
         [ "attack", spec.Name; "target", spec.Target; "mode", Materialize.modeName spec.Mode

@@ -125,7 +125,7 @@ type AdamW(parameters: Modules.Parameter list, weightDecay: float, ?beta1: float
                 m.mul_(b1).add_(g, oneMinusB1) |> ignore
                 v.mul_(b2).addcmul_(g, g, oneMinusB2) |> ignore
                 p.mul_(decay) |> ignore
-                let denom = v.sqrt().div_(sqrtC2).add_(epsilon)
+                let denom = v.sqrt().div_(sqrtC2).add_(epsilon, CleanSight.Core.Model.Primitives.TensorArithmetic.One)
                 p.addcdiv_(m, denom, stepSize) |> ignore
     member _.ZeroGrad() =
         for p, _, _ in moments do

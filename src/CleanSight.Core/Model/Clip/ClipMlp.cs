@@ -20,7 +20,7 @@ namespace CleanSight.Core.Model.Clip
         public override Tensor forward(Tensor x)
         {
             using var scope = NewDisposeScope();
-            using var k = 1.702.ToScalar();                // explicit: see RmsNorm
+            using var k = 1.702.ToScalar();                // explicit: see TensorArithmetic
             var h = fc1.forward(x);
             h = h * sigmoid(h * k);
             return fc2.forward(h).MoveToOuterDisposeScope();

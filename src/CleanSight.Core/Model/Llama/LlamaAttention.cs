@@ -115,7 +115,7 @@ namespace CleanSight.Core.Model.Llama
         /// <summary>softmax(q_last·kᵀ·scale + mask) in fp32, as HF's eager attention, with any uniform keys flattened: [H, T].</summary>
         Tensor LastQueryRow(Tensor q, Tensor kRep, Tensor keyMask, Tensor uniformKeys)
         {
-            using var s = scale.ToScalar();                                             // explicit: see RmsNorm
+            using var s = scale.ToScalar();                                             // explicit: see TensorArithmetic
             var qLast = q.narrow(2, q.shape[2] - 1, 1);                                 // [1, H, 1, d]
             var scores = matmul(qLast, kRep.transpose(2, 3)) * s;                       // [1, H, 1, T']
             if (keyMask is not null) scores = Add(scores, keyMask);

@@ -20,12 +20,10 @@ namespace CleanSight.Core.Model.Primitives
         public override Tensor forward(Tensor x)
         {
             using var scope = NewDisposeScope();
-            // Explicit Scalars, alive to the end of the call: an implicit one (`+ eps`, `pow(2)`) can be
-            // finalised by the GC while libtorch still reads it ("Unknown scalar type", seen in training).
-            using var epsilon = eps.ToScalar();
+            using var epsilon = eps.ToScalar();                 // explicit, alive: see TensorArithmetic
             var x32 = x.to(ScalarType.Float32);
             var variance = x32.square().mean(new long[] { -1 }, keepdim: true);
-            var normed = (x32 * rsqrt(variance + epsilon)).to(x.dtype);
+            var normed = (x32 * rsqrt(TensorArithmetic.Add(variance, epsilon))).to(x.dtype);
             return (weight * normed).MoveToOuterDisposeScope();
         }
     }
