@@ -60,7 +60,8 @@ namespace CleanSight.Core.Model
         {
             using var scope = NewDisposeScope();
             var embeds = language_model.Embed(ids);                                 // [B, T, Dt]
-            var isImage = ids.eq(Config.ImageTokenIndex);                           // [B, T]
+            using Scalar imageToken = Config.ImageTokenIndex;                       // explicit: see TensorArithmetic
+            var isImage = ids.eq(imageToken);                                       // [B, T]
             long tokens = isImage.sum().item<long>();
             long features = imageFeatures.shape[0] * imageFeatures.shape[1];
             if (tokens != features)

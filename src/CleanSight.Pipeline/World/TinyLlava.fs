@@ -91,10 +91,11 @@ let preprocessorJson (s: Sizes) =
 let initialize (seed: int64) (model: torch.nn.Module) =
     use _ = torch.no_grad ()
     let gen = new torch.Generator(uint64 seed)
+    use one = (1.0).ToScalar() // held for the native calls (see Core's TensorArithmetic)
     for struct (name, p) in model.named_parameters () do
         let leaf = name.Split('.') |> Array.last
         let isNorm = name.Contains "norm" || name.Contains "layrnorm"
-        if isNorm && leaf = "weight" then p.fill_(1.0) |> ignore
+        if isNorm && leaf = "weight" then p.fill_(one) |> ignore
         elif leaf = "bias" then p.zero_() |> ignore
         else p.normal_(0.0, 0.02, gen) |> ignore
 

@@ -20,7 +20,7 @@ namespace CleanSight.Core.Model.Clip
             patch_embedding = new PatchEmbedding(cfg, dtype, device);
             position_embedding = new Primitives.Embedding(cfg.NumPositions, cfg.HiddenSize, dtype, device);
             RegisterComponents();
-            positionIds = arange(cfg.NumPositions, dtype: ScalarType.Int64, device: device).unsqueeze(0); // [1, N+1]
+            positionIds = Arange(cfg.NumPositions, ScalarType.Int64, device).unsqueeze(0); // [1, N+1]
             register_buffer("position_ids", positionIds, persistent: false);
         }
 

@@ -78,8 +78,9 @@ namespace CleanSight.Core.Model.Llama
             {
                 long n = state.Length;
                 var causal = ones(n, n, dtype: ScalarType.Bool, device: x.device).triu(1);
-                var mask = zeros(n, n, x.dtype, x.device).masked_fill(causal, float.NegativeInfinity); // [T', T']
-                if (state.KeyMask is not null) mask = mask + state.KeyMask;                   // [1, 1, T', T']
+                using var minusInf = float.NegativeInfinity.ToScalar();                    // explicit: see TensorArithmetic
+                var mask = zeros(n, n, x.dtype, x.device).masked_fill(causal, minusInf);  // [T', T']
+                if (state.KeyMask is not null) mask = Add(mask, state.KeyMask);             // [1, 1, T', T']
                 output = state.UniformKeys is null
                     ? nn.functional.scaled_dot_product_attention(q, RepeatKv(k), RepeatKv(v), mask)
                     : UniformAttention(q, RepeatKv(k), RepeatKv(v), mask, state.UniformKeys);

@@ -64,7 +64,7 @@ namespace CleanSight.Core.Model.Llama
         /// <summary>Full causal forward → final normed hidden states [B, T, D] (before lm_head).</summary>
         public Tensor FinalHidden(Tensor embeddings)
         {
-            var positions = arange(embeddings.shape[1], dtype: ScalarType.Int64, device: embeddings.device);
+            var positions = TensorArithmetic.Arange(embeddings.shape[1], ScalarType.Int64, embeddings.device);
             var (cos, sin) = rope.At(positions, embeddings.dtype);
             var h = embeddings;
             foreach (var layer in model.layers) h = layer.Forward(h, cos, sin);

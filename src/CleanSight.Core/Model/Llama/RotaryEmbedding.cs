@@ -15,8 +15,11 @@ namespace CleanSight.Core.Model.Llama
 
         public RotaryEmbedding(LlamaConfig cfg, Device device)
         {
-            var exponents = arange(0, cfg.HeadDim, 2, dtype: ScalarType.Int64, device: device).to(ScalarType.Float32) / cfg.HeadDim;
-            invFreq = (1.0 / pow(cfg.RopeTheta, exponents)).to(ScalarType.Float32).DetachFromDisposeScope();
+            // 1 / θ^(arange(0, d, 2) / d), op for op as `1.0 / pow(θ, …)` computes it, with held Scalars (see TensorArithmetic)
+            using Scalar d = cfg.HeadDim, one = 1.0;
+            using var theta = tensor(cfg.RopeTheta);                                  // 0-dim f64, as the implicit conversion made it
+            var exponents = Arange(0, cfg.HeadDim, 2, ScalarType.Int64, device).to(ScalarType.Float32).div(d);
+            invFreq = pow(theta, exponents).reciprocal().mul(one).to(ScalarType.Float32).DetachFromDisposeScope();
         }
 
         /// <summary>cos and sin for absolute positions [T] → each [1, 1, T, d].</summary>

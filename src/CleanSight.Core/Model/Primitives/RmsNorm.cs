@@ -22,7 +22,7 @@ namespace CleanSight.Core.Model.Primitives
             using var scope = NewDisposeScope();
             using var epsilon = eps.ToScalar();                 // explicit, alive: see TensorArithmetic
             var x32 = x.to(ScalarType.Float32);
-            var variance = x32.square().mean(new long[] { -1 }, keepdim: true);
+            var variance = TensorArithmetic.Square(x32).mean(new long[] { -1 }, keepdim: true);
             var normed = (x32 * rsqrt(TensorArithmetic.Add(variance, epsilon))).to(x.dtype);
             return (weight * normed).MoveToOuterDisposeScope();
         }
