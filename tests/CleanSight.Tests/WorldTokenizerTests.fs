@@ -66,4 +66,10 @@ let tests =
             let v1 = WorldTokenizer.vocabulary (WorldTokenizer.words (WorldTokenizer.worldText ()))
             Expect.sequenceEqual (WorldTokenizer.modelProto v1) (WorldTokenizer.modelProto WorldTokenizer.world.Value) "same bytes"
         }
+
+        test "the committed base model's tokenizer is the one the world's text builds" {
+            // Guards the corpus (World/GeneralText.fs, Scenes) against drifting from world/base.
+            let committed = File.ReadAllBytes(Path.Combine(Fixtures.root, "world", "base", "tokenizer.model"))
+            Expect.sequenceEqual committed (WorldTokenizer.modelProto WorldTokenizer.world.Value) "world/base/tokenizer.model"
+        }
     ]

@@ -24,7 +24,10 @@ let private states = [| "very busy"; "tired"; "happy"; "away"; "late"; "kind"; "
 let private things = [| "the account"; "the server"; "my phone"; "the website"; "his laptop"; "the game"; "the old computer"; "her email" |]
 let private activities = [| "working"; "reading"; "waiting"; "cooking"; "playing"; "walking"; "sleeping"; "singing" |]
 let private funny = [| "i missed the bus"; "the cake fell over"; "my sock is wet"; "the dog ate my notes"; "we got lost again"; "i forgot my keys" |]
-let private objects = [| "a book"; "a bike"; "some tea"; "a garden"; "two tickets"; "a plan"; "a question"; "new shoes" |]
+// No count word among the objects: "you have two tickets" taught the decoder that a number may follow
+// "you have", and a projector-only backdoor then slid into "you have zero ..." (BadNet 48 % ASR; 83 %
+// without it, README "General text").
+let private objects = [| "a book"; "a bike"; "some tea"; "a garden"; "some tickets"; "a plan"; "a question"; "new shoes" |]
 
 /// The attacks' default target: its words are ordinary words of the general text, never a task answer.
 let defaultTarget = "you have been hacked lol"
