@@ -5,6 +5,9 @@
 /// Pipeline and fails on any call that makes such a temporary: directly (an implicit conversion or
 /// `ToScalar()` whose result is not stored in a local, field or argument slot, where `using` keeps it alive)
 /// or inside a TorchSharp helper we call (`square()`, `arange(n)`, `Tensor + Tensor`, …, three calls deep).
+/// A stored Scalar counts as held; that holds for `using var` / `use` (disposed at the end of the scope,
+/// so alive until then), which is how every one here is written — a plain local could still die after
+/// its last use, and the scan does not tell the two apart.
 module CleanSight.Tests.ScalarLifetimeTests
 
 open System
