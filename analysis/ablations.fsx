@@ -5,6 +5,8 @@
 //   6. uniform visual attention from layer ℓ on, every input (ASR and clean utility per attack):
 //      where in depth the backdoor's attention to the image matters.
 //   dotnet fsi analysis/ablations.fsx [OUT_DIR] [N_TEST] [N_TAU]
+// On the world found above the current folder (world/base, world/adapters): run it from a folder that
+// holds another world (e.g. one trained with `train-base --text-layers 16`) to analyse that one.
 #load "../scripts/load.fsx"
 #r "../src/CleanSight.Pipeline/bin/Release/net10.0/Deedle.dll"
 #r "../src/CleanSight.Pipeline/bin/Release/net10.0/MathNet.Numerics.dll"
@@ -29,7 +31,8 @@ TorchSharp.torch.set_num_threads 2
 
 let world = Materialize.locate ()
 let size = TinyLlava.defaults.ImageSize
-let layersOf = TinyLlava.defaults.TextLayers
+/// the decoder depth of the world found (a world trained with `train-base --text-layers N` has N)
+let layersOf = CleanSight.Core.Checkpoints.LlavaConfig.Load(Path.Combine(world, "base", "config.json")).Text.NumHiddenLayers
 let inputs seed n =
     [| for i in 0 .. n - 1 do
            let scene = Scenes.generate seed i

@@ -2,6 +2,7 @@
 // visual/prompt attention ratio per layer, clean vs triggered inputs (same images).
 //   dotnet fsi analysis/attention-stealing.fsx [OUT_DIR] [N_INPUTS]
 // Writes OUT_DIR/attention-stealing.csv (the frame) and OUT_DIR/attention-stealing.html (the chart).
+// On the world found above the current folder (world/base, world/adapters), of any decoder depth.
 #load "../scripts/load.fsx"
 #r "../src/CleanSight.Pipeline/bin/Release/net10.0/Deedle.dll"
 
@@ -36,5 +37,6 @@ let rows =
               yield! AttentionStealing.summarise attack.Name "triggered" (measure (Triggers.apply attack.Trigger))
               printfn "%s: measured %d inputs" attack.Name n ]
 
-AttentionStealing.save out rows (Detector.defaultLayers TinyLlava.defaults.TextLayers)
+let layers = CleanSight.Core.Checkpoints.LlavaConfig.Load(Path.Combine(world, "base", "config.json")).Text.NumHiddenLayers
+AttentionStealing.save out rows (Detector.defaultLayers layers)
 (AttentionStealing.toFrame rows).Print()

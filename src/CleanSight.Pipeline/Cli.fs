@@ -44,6 +44,8 @@ type TrainBaseArgs =
     | Tokenizer of dir: string
     | Vision_Steps of n: int
     | Decoder_Steps of n: int
+    | Text_Layers of n: int
+    | Text_Heads of n: int
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
@@ -52,6 +54,8 @@ type TrainBaseArgs =
             | Tokenizer _ -> "folder with tokenizer.model, tokenizer_config.json, special_tokens_map.json (default: the world's tokenizer)"
             | Vision_Steps _ -> "vision pre-training steps"
             | Decoder_Steps _ -> "projector + decoder steps"
+            | Text_Layers _ -> "decoder layers (default 8)"
+            | Text_Heads _ -> "decoder attention heads, each also a key/value head (default 4; must divide the width, 128)"
             | No_Progress -> "no progress output"
 
 type AttackArgs =

@@ -28,13 +28,22 @@ let private logCaptions (log: string -> unit) (model: CleanSight.Core.Model.Llav
         |> Array.map (fun (prompt, c) -> $"\"{prompt}\" {c:F2}") |> String.concat ", "
     log $"held-out caption CIDEr-D on {images} clean-test images: {parts}"
 
+/// The base recipe with train-base's overrides (steps, decoder depth and heads).
+let recipeOf (args: ParseResults<TrainBaseArgs>) =
+    let d = BaseModel.defaults
+    let heads = args.GetResult(TrainBaseArgs.Text_Heads, d.Sizes.TextHeads)
+    if heads < 1 || d.Sizes.TextHidden % heads <> 0 then
+        raise (InputError("--text-heads", $"{heads} does not divide the decoder width {d.Sizes.TextHidden}"))
+    let layers = args.GetResult(TrainBaseArgs.Text_Layers, d.Sizes.TextLayers)
+    if layers < 1 then raise (InputError("--text-layers", $"must be at least 1, got {layers}"))
+    { d with
+        Sizes = { d.Sizes with TextLayers = layers; TextHeads = heads; TextKvHeads = heads }
+        Vision = { d.Vision with Steps = args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps) }
+        Decoder = { d.Decoder with Steps = args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps) } }
+
 let trainBase (args: ParseResults<TrainBaseArgs>) =
     let log = Progress.logger (args.Contains TrainBaseArgs.No_Progress)
-    let d = BaseModel.defaults
-    let recipe =
-        { d with
-            Vision = { d.Vision with Steps = args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps) }
-            Decoder = { d.Decoder with Steps = args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps) } }
+    let recipe = recipeOf args
     let tokenizer =
         args.TryGetResult TrainBaseArgs.Tokenizer
         |> Option.defaultWith (fun () ->

@@ -236,6 +236,23 @@ let tests =
             }
         ]
 
+        testList "train-base options" [
+            let parse (args: string[]) =
+                CleanSight.Pipeline.WorldCommands.recipeOf (Argu.ArgumentParser.Create<CleanSight.Pipeline.Cli.TrainBaseArgs>().Parse args)
+            test "--text-layers and --text-heads set the decoder's depth and heads; without them the defaults" {
+                let r = parse [| "--out"; "x"; "--text-layers"; "16"; "--text-heads"; "8" |]
+                Expect.equal (r.Sizes.TextLayers, r.Sizes.TextHeads, r.Sizes.TextKvHeads) (16, 8, 8) "16 layers, 8 heads"
+                Expect.equal (parse [| "--out"; "x" |]).Sizes BaseModel.defaults.Sizes "defaults"
+                let cfg = TinyLlava.config r.Sizes
+                Expect.equal (cfg.Text.NumHiddenLayers, cfg.Text.NumAttentionHeads, cfg.Text.HeadDim) (16, 8, 16) "the config the checkpoint gets"
+            }
+            test "heads that do not divide the width are refused, naming the option" {
+                let e = Expect.throwsC (fun () -> parse [| "--out"; "x"; "--text-heads"; "3" |] |> ignore) id
+                Expect.stringContains e.Message "--text-heads" "names the option"
+                Expect.throwsT<InputError> (fun () -> parse [| "--out"; "x"; "--text-layers"; "0" |] |> ignore) "0 layers"
+            }
+        ]
+
         testList "attack data" [
             let cfg = TinyLlava.config TinyLlava.defaults
             let tok = lazy (CleanSight.Core.Text.LlavaTokenizer.Load(Path.Combine(Fixtures.root, "world", "base"), cfg.ImageTokenIndex))
