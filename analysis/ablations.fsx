@@ -31,8 +31,7 @@ TorchSharp.torch.set_num_threads 2
 
 let world = Materialize.locate ()
 let size = TinyLlava.defaults.ImageSize
-/// the decoder depth of the world found (a world trained with `train-base --text-layers N` has N)
-let layersOf = CleanSight.Core.Checkpoints.LlavaConfig.Load(Path.Combine(world, "base", "config.json")).Text.NumHiddenLayers
+let layersOf = Materialize.textLayers world
 let inputs seed n =
     [| for i in 0 .. n - 1 do
            let scene = Scenes.generate seed i

@@ -37,6 +37,5 @@ let rows =
               yield! AttentionStealing.summarise attack.Name "triggered" (measure (Triggers.apply attack.Trigger))
               printfn "%s: measured %d inputs" attack.Name n ]
 
-let layers = CleanSight.Core.Checkpoints.LlavaConfig.Load(Path.Combine(world, "base", "config.json")).Text.NumHiddenLayers
-AttentionStealing.save out rows (Detector.defaultLayers layers)
+AttentionStealing.save out rows (Detector.defaultLayers (Materialize.textLayers world))
 (AttentionStealing.toFrame rows).Print()

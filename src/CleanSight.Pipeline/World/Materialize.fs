@@ -26,6 +26,10 @@ let locate () =
     |> List.tryPick (DirectoryInfo >> up)
     |> Option.defaultWith (fun () -> raise (InputError("world/base", "the embedded tiny world was not found above the current folder")))
 
+/// The decoder depth of a world's base checkpoint (`train-base --text-layers N` makes one of depth N).
+let textLayers (world: string) =
+    CleanSight.Core.Checkpoints.LlavaConfig.Load(Path.Combine(world, "base", "config.json")).Text.NumHiddenLayers
+
 let modeName = function Attacks.Replace -> "replace" | Attacks.Insert -> "insert"
 
 /// Writes DIR/{calibration,clean_test,poisoned/NAME}/data.jsonl with images, and DIR/manifest.json.

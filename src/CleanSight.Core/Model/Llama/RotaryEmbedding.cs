@@ -15,11 +15,11 @@ namespace CleanSight.Core.Model.Llama
 
         public RotaryEmbedding(LlamaConfig cfg, Device device)
         {
-            // 1 / θ^(arange(0, d, 2) / d), op for op as `1.0 / pow(θ, …)` computes it, with held Scalars (see TensorArithmetic)
-            using Scalar d = cfg.HeadDim, one = 1.0;
-            using var theta = tensor(cfg.RopeTheta);                                  // 0-dim f64, as the implicit conversion made it
+            // 1 / θ^(arange(0, d, 2) / d), as HF computes it, with a held Scalar (see TensorArithmetic)
+            using Scalar d = cfg.HeadDim;
+            using var theta = tensor(cfg.RopeTheta);                                  // 0-dim f64
             var exponents = Arange(0, cfg.HeadDim, 2, ScalarType.Int64, device).to(ScalarType.Float32).div(d);
-            invFreq = pow(theta, exponents).reciprocal().mul(one).to(ScalarType.Float32).DetachFromDisposeScope();
+            invFreq = pow(theta, exponents).reciprocal().to(ScalarType.Float32).DetachFromDisposeScope();
         }
 
         /// <summary>cos and sin for absolute positions [T] → each [1, 1, T, d].</summary>
