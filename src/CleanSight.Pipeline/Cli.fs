@@ -143,6 +143,7 @@ type DemoArgs =
     | [<Mandatory>] Out of dir: string
     | Test of n: int
     | Calibration of n: int
+    | Layers of csv: string
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
@@ -150,6 +151,7 @@ type DemoArgs =
             | Out _ -> "folder for report.html, frames/, manifest.json"
             | Test _ -> "test samples per set (default 100)"
             | Calibration _ -> "clean calibration samples per attack (default 200)"
+            | Layers _ -> "CleanSight's detection layers, 0-indexed, e.g. 0 (default: 3 layers at the paper's relative depth)"
             | No_Progress -> "no progress output"
 
 type BenchArgs =

@@ -28,13 +28,11 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let d = Calibration.defaultSettings session.Config.Text.NumHiddenLayers
         let layers =
             args.TryGetResult CalibrateArgs.Layers
-            |> Option.map (fun s ->
-                try s.Split(',') |> Array.map (fun x -> int (x.Trim()))
-                with _ -> raise (InputError("--layers", $"'{s}' is not a comma-separated list of layer numbers")))
+            |> Option.map (fun text ->
+                match Detector.parseLayers session.Config.Text.NumHiddenLayers text with
+                | Ok layers -> layers
+                | Error problem -> raise (InputError("--layers", problem)))
             |> Option.defaultValue d.Layers
-        let n = session.Config.Text.NumHiddenLayers
-        if layers |> Array.exists (fun l -> l < 0 || l >= n) then
-            raise (InputError("--layers", $"layers must be between 0 and {n - 1} for this {n}-layer model"))
         let whitening =
             match args.GetResult(CalibrateArgs.Whitening, "diagonal") with
             | "diagonal" -> Whitening.Diagonal

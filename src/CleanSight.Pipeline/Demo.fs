@@ -36,16 +36,36 @@ type Settings =
       SampleRepeats: int
       /// triggered inputs shown up close per attack (chart 3)
       SampleViews: int
+      /// CleanSight's detection layers (purification and the uniform baseline from the last);
+      /// None: the paper's relative depth for the world's decoder (`Detector.defaultLayers`)
+      Layers: int[] option
       Seed: int }
 
 let defaults out =
     { Out = out; Calibration = 200; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
-      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Seed = 0 }
+      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; Seed = 0 }
 
 /// SHA-256 of the settings as JSON, all but the output folder (it changes no result).
 let configHash (s: Settings) =
     let json = JsonSerializer.Serialize({ s with Out = "" })
     Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes json)).ToLowerInvariant()
+
+/// Claims the output folder for these settings: writes `settings.json` (config hash and settings) on
+/// the first run; a re-run with the same settings resumes, one with other settings is refused —
+/// finished samples of other settings must not be mixed into this run's numbers.
+let claimOutput (s: Settings) =
+    let path = Path.Combine(s.Out, "settings.json")
+    let hash = configHash s
+    if File.Exists path then
+        let previous =
+            try
+                use doc = JsonDocument.Parse(File.ReadAllText path)
+                doc.RootElement.GetProperty("config_hash").GetString()
+            with _ -> raise (CleanSight.Core.InputError(path, "is not a demo settings file (no config_hash); delete it or use another --out"))
+        if previous <> hash then
+            raise (CleanSight.Core.InputError(s.Out, $"holds a demo run with other settings (config hash {previous.[.. 11]}…, now {hash.[.. 11]}…); use another --out or delete the folder"))
+    else
+        Files.writeJson path (dict [ "config_hash", box hash; "config", box { s with Out = "" } ])
 
 /// One attack's results.
 type AttackResult =
@@ -128,7 +148,8 @@ let private tauAblation (s: Settings) (p: Progress.Reporter) (session: LlavaSess
 let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materialize.Manifest) (attack: Materialize.AttackEntry) =
     use session = LlavaSession.Load(manifest.model, adapter = attack.adapter)
     let layers = [| 0 .. session.Config.Text.NumHiddenLayers - 1 |]
-    let settings = { Calibration.defaultSettings layers.Length with Seed = s.Seed }
+    let d = Calibration.defaultSettings layers.Length
+    let settings = { d with Layers = defaultArg s.Layers d.Layers; Seed = s.Seed }
     // calibration, recording every layer in the same prefills (the clean reference of chart 2)
     let calItems = Dataset.read manifest.calibration |> Array.truncate s.Calibration
     let samples = calItems |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath manifest.calibration it), it.Question)
@@ -254,6 +275,7 @@ let run (s: Settings) (p: Progress.Reporter) =
         durations.Add(name, c.Elapsed.TotalSeconds)
         x
     let world = Materialize.locate ()
+    claimOutput s
     let manifest = timed "data" (fun () -> Materialize.run world (Path.Combine(s.Out, "data")) s.Calibration s.Test p.Log)
     let attacks = manifest.attacks
     let results =

@@ -22,7 +22,14 @@ let main argv =
         | Command.Demo args ->
             let out = args.GetResult DemoArgs.Out
             let d = Demo.defaults out
-            let s = { d with Test = args.GetResult(DemoArgs.Test, d.Test); Calibration = args.GetResult(DemoArgs.Calibration, d.Calibration) }
+            let layers =
+                args.TryGetResult DemoArgs.Layers
+                |> Option.map (fun text ->
+                    match Defense.Detector.parseLayers (World.Materialize.textLayers (World.Materialize.locate ())) text with
+                    | Ok layers -> layers
+                    | Error problem -> raise (InputError("--layers", problem)))
+            let s = { d with Test = args.GetResult(DemoArgs.Test, d.Test); Calibration = args.GetResult(DemoArgs.Calibration, d.Calibration)
+                             Layers = layers }
             if s.Test < 1 then raise (InputError("--test", $"must be at least 1, got {s.Test}"))
             if s.Calibration < 2 then raise (InputError("--calibration", $"calibration needs at least 2 clean samples, got {s.Calibration}"))
             Progress.run (Progress.mode (args.Contains DemoArgs.No_Progress)) "demo" (Demo.run s) |> ignore

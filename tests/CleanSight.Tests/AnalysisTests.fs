@@ -161,7 +161,28 @@ let tests =
             Expect.equal (Demo.configHash a) (Demo.configHash (Demo.defaults "elsewhere")) "output folder ignored"
             Expect.notEqual (Demo.configHash a) (Demo.configHash { a with Test = 5 }) "test count matters"
             Expect.notEqual (Demo.configHash a) (Demo.configHash { a with TauGrid = [ 1.0 ] }) "τ grid matters"
+            Expect.notEqual (Demo.configHash a) (Demo.configHash { a with Layers = Some [| 0 |] }) "detection layers matter"
+            Expect.notEqual (Demo.configHash { a with Layers = Some [| 0 |] }) (Demo.configHash { a with Layers = Some [| 1 |] }) "which layers"
             Expect.equal (Demo.configHash a).Length 64 "SHA-256 hex"
+        }
+        test "the demo's output folder: claimed for its settings, resumed with the same, refused with others" {
+            let dir = Path.Combine(Path.GetTempPath(), "cleansight-claim-" + Guid.NewGuid().ToString("N"))
+            try
+                let a = Demo.defaults dir
+                Demo.claimOutput a
+                let stamp = Path.Combine(dir, "settings.json")
+                Expect.isTrue (File.Exists stamp) "settings.json written on the first run"
+                Expect.stringContains (File.ReadAllText stamp) (Demo.configHash a) "it records the config hash"
+                Demo.claimOutput a // a re-run with the same settings resumes
+                Expect.throwsT<CleanSight.Core.InputError> (fun () -> Demo.claimOutput { a with Layers = Some [| 0 |] }) "other layers are refused"
+                let e = try Demo.claimOutput { a with Test = 5 }; None with :? CleanSight.Core.InputError as e -> Some e.Message
+                Expect.isSome e "other settings are refused"
+                Expect.stringContains e.Value "other settings" "the error says why"
+                Expect.stringContains e.Value dir "and names the folder"
+                File.WriteAllText(stamp, "{}")
+                Expect.throwsT<CleanSight.Core.InputError> (fun () -> Demo.claimOutput a) "a settings file without a hash is refused"
+            finally
+                if Directory.Exists dir then Directory.Delete(dir, true)
         }
         test "calibration recording every layer: the same features, and the sums at the detection layers are them" {
             use session = LlavaSession.Load Fixtures.tinyLlava

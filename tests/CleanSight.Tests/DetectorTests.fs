@@ -63,6 +63,24 @@ let tests =
                 Expect.isLessThanOrEqual (abs (float layers.[0] - ideal)) 0.5 $"{n} layers: start {layers.[0]} vs {ideal}"
         ]
 
+        testList "--layers" [
+            test "a list of layers inside the model, in the order given" {
+                Expect.equal (Detector.parseLayers 8 "0") (Ok [| 0 |]) "one layer"
+                Expect.equal (Detector.parseLayers 8 " 4, 2,3 ") (Ok [| 4; 2; 3 |]) "spaces, order kept"
+                Expect.equal (Detector.parseLayers 8 "7") (Ok [| 7 |]) "the last layer" }
+            test "anything else is refused with the reason" {
+                let refused text =
+                    match Detector.parseLayers 8 text with
+                    | Ok layers -> failtest $"'{text}' accepted as {layers}"
+                    | Error problem -> problem
+                Expect.stringContains (refused "8") "between 0 and 7 for this 8-layer model" "past the last layer"
+                Expect.stringContains (refused "-1") "between 0 and 7" "negative"
+                Expect.stringContains (refused "2,x") "not a comma-separated list" "not a number"
+                Expect.stringContains (refused "") "not a comma-separated list" "empty"
+                Expect.stringContains (refused "2.5") "not a comma-separated list" "not an integer"
+                Expect.stringContains (refused "2,3,2") "names a layer twice" "duplicate" }
+        ]
+
         testList "Ω (pruned)" [
             test "union over heads, image positions only, strict threshold" {
                 // τ = 0.1: head 0 picks 3 (0.25), head 1 picks 2 (0.15); BOS 0.3/0.4 is not an image token

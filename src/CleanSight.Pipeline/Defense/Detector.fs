@@ -13,6 +13,22 @@ let defaultLayers (numLayers: int) =
     let start = max 0 (min start (numLayers - count))
     [| start .. start + count - 1 |]
 
+/// `--layers a,b,c` for a decoder of `numLayers` layers: the detection layers (0-indexed, in the
+/// order given), or why not.
+let parseLayers (numLayers: int) (text: string) : Result<int[], string> =
+    let parsed =
+        text.Split(',') |> Array.map (fun part ->
+            match Int32.TryParse(part.Trim(), Globalization.NumberStyles.AllowLeadingSign, Globalization.CultureInfo.InvariantCulture) with
+            | true, l -> Some l
+            | _ -> None)
+    if parsed |> Array.exists Option.isNone then Error $"'{text}' is not a comma-separated list of layer numbers"
+    else
+        let layers = Array.choose id parsed
+        if layers |> Array.exists (fun l -> l < 0 || l >= numLayers) then
+            Error $"layers must be between 0 and {numLayers - 1} for this {numLayers}-layer model"
+        elif (Array.distinct layers).Length < layers.Length then Error $"'{text}' names a layer twice"
+        else Ok layers
+
 /// The purification threshold on a visual token's attention (max over heads).
 type Tau =
     /// τ as a probability (the paper: 1e-4 in code, 1e-3 in its ablation)
