@@ -46,6 +46,7 @@ type TrainBaseArgs =
     | Decoder_Steps of n: int
     | Text_Layers of n: int
     | Text_Heads of n: int
+    | Text_Hidden of n: int
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
@@ -55,7 +56,8 @@ type TrainBaseArgs =
             | Vision_Steps _ -> "vision pre-training steps"
             | Decoder_Steps _ -> "projector + decoder steps"
             | Text_Layers _ -> "decoder layers (default 8)"
-            | Text_Heads _ -> "decoder attention heads, each also a key/value head (default 4; must divide the width, 128)"
+            | Text_Heads _ -> "decoder attention heads, each also a key/value head (default 4; must divide the width)"
+            | Text_Hidden _ -> "decoder width (default 128; the MLP keeps its ratio to it, 344/128, rounded up to a multiple of 8)"
             | No_Progress -> "no progress output"
 
 type AttackArgs =

@@ -31,13 +31,17 @@ let private logCaptions (log: string -> unit) (model: CleanSight.Core.Model.Llav
 /// The base recipe with train-base's overrides (steps, decoder depth and heads).
 let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let d = BaseModel.defaults
+    let hidden = args.GetResult(TrainBaseArgs.Text_Hidden, d.Sizes.TextHidden)
+    if hidden < 8 then raise (InputError("--text-hidden", $"must be at least 8, got {hidden}"))
+    // the MLP keeps the default's ratio to the width, rounded up to a multiple of 8
+    let mlp = (hidden * d.Sizes.TextMlp + d.Sizes.TextHidden * 8 - 1) / (d.Sizes.TextHidden * 8) * 8
     let heads = args.GetResult(TrainBaseArgs.Text_Heads, d.Sizes.TextHeads)
-    if heads < 1 || d.Sizes.TextHidden % heads <> 0 then
-        raise (InputError("--text-heads", $"{heads} does not divide the decoder width {d.Sizes.TextHidden}"))
+    if heads < 1 || hidden % heads <> 0 || (hidden / heads) % 2 <> 0 then
+        raise (InputError("--text-heads", $"{heads} heads do not split the decoder width {hidden} into even head sizes (RoPE rotates pairs)"))
     let layers = args.GetResult(TrainBaseArgs.Text_Layers, d.Sizes.TextLayers)
     if layers < 1 then raise (InputError("--text-layers", $"must be at least 1, got {layers}"))
     { d with
-        Sizes = { d.Sizes with TextLayers = layers; TextHeads = heads; TextKvHeads = heads }
+        Sizes = { d.Sizes with TextLayers = layers; TextHeads = heads; TextKvHeads = heads; TextHidden = hidden; TextMlp = mlp }
         Vision = { d.Vision with Steps = args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps) }
         Decoder = { d.Decoder with Steps = args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps) } }
 

@@ -246,6 +246,16 @@ let tests =
                 let cfg = TinyLlava.config r.Sizes
                 Expect.equal (cfg.Text.NumHiddenLayers, cfg.Text.NumAttentionHeads, cfg.Text.HeadDim) (16, 8, 16) "the config the checkpoint gets"
             }
+            test "--text-hidden sets the decoder width; the MLP keeps its ratio (344/128) up to a multiple of 8" {
+                let r = parse [| "--out"; "x"; "--text-hidden"; "256"; "--text-heads"; "8" |]
+                Expect.equal (r.Sizes.TextHidden, r.Sizes.TextMlp, r.Sizes.TextHeads) (256, 688, 8) "twice the width"
+                Expect.equal (parse [| "--out"; "x"; "--text-hidden"; "128" |]).Sizes BaseModel.defaults.Sizes "the default width is the default model"
+                Expect.equal (parse [| "--out"; "x"; "--text-hidden"; "96" |]).Sizes.TextMlp 264 "96 · 344/128 = 258 → 264"
+                let cfg = TinyLlava.config r.Sizes
+                Expect.equal (cfg.Text.HiddenSize, cfg.Text.IntermediateSize, cfg.Text.HeadDim) (256, 688, 32) "the config the checkpoint gets"
+                Expect.throwsT<InputError> (fun () -> parse [| "--out"; "x"; "--text-hidden"; "4" |] |> ignore) "too narrow"
+                Expect.throwsT<InputError> (fun () -> parse [| "--out"; "x"; "--text-hidden"; "96"; "--text-heads"; "32" |] |> ignore) "head size 3: RoPE needs pairs"
+            }
             test "heads that do not divide the width are refused, naming the option" {
                 let e = Expect.throwsC (fun () -> parse [| "--out"; "x"; "--text-heads"; "3" |] |> ignore) id
                 Expect.stringContains e.Message "--text-heads" "names the option"
