@@ -160,6 +160,45 @@ let runOne (session: LlavaSession) (calibration: Calibration.Calibration) (setti
       Distance = o.Distance; Flagged = o.Flagged; Pruned = o.Pruned
       VisualTokens = int (last - first + 1L); Ms = clock.Elapsed.TotalMilliseconds }
 
+// ---- run.json: what a folder's records depend on ------------------------------------------------
+
+/// What the records of an evaluation folder depend on besides their defense and sample (the key of
+/// each record): resuming with anything else would mix two evaluations in one samples.csv. Files are
+/// named by the SHA-256 of their bytes (a dataset's images are not hashed). The defenses and --limit
+/// may change between runs: they add records, they do not change finished ones.
+type RunKey = { Calibration: string; Clean: string; Poisoned: string; Target: string; MaxNewTokens: int; Seed: int }
+
+let fileHash (path: string) =
+    Convert.ToHexString(Security.Cryptography.SHA256.HashData(File.ReadAllBytes path)).ToLowerInvariant()
+
+let runKey (calibration: string) (clean: string) (poisoned: string) (settings: Settings) =
+    { Calibration = fileHash calibration; Clean = fileHash clean; Poisoned = fileHash poisoned
+      Target = settings.Target; MaxNewTokens = settings.MaxNewTokens; Seed = settings.Seed }
+
+let private runFields (k: RunKey) =
+    [ "calibration", box k.Calibration; "clean", box k.Clean; "poisoned", box k.Poisoned
+      "target", box k.Target; "max_new_tokens", box k.MaxNewTokens; "seed", box k.Seed ]
+
+/// Claims `dir` for a run: writes dir/run.json on the first run (or over a folder from before
+/// run.json existed); a folder claimed by a run with another key is refused, naming what differs.
+let claimRun (dir: string) (key: RunKey) =
+    let path = Path.Combine(dir, "run.json")
+    if File.Exists path then
+        let previous =
+            try
+                use doc = Json.JsonDocument.Parse(File.ReadAllText path)
+                runFields key |> List.map (fun (name, _) -> doc.RootElement.GetProperty(name).ToString())
+            with e when (e :? Json.JsonException || e :? Collections.Generic.KeyNotFoundException || e :? InvalidOperationException) ->
+                raise (InputError(path, "is not an evaluation run file; delete it or use another --out"))
+        let differs =
+            List.zip (runFields key) previous
+            |> List.filter (fun ((_, now), before) -> string now <> before)
+            |> List.map (fst >> fst)
+        if not differs.IsEmpty then
+            raise (InputError(dir, $"""holds the records of an evaluation with another {String.Join(", ", differs)} (run.json); use another --out or delete the folder"""))
+    else
+        CleanSight.Pipeline.Files.writeJson path (dict (runFields key))
+
 /// Runs every (defense × split × item) not already in samples.csv; returns all records.
 let run (session: LlavaSession) (calibration: Calibration.Calibration) (settings: Settings)
         (clean: string) (poisoned: string) (samplesCsv: string) (progress: int -> int -> unit) =

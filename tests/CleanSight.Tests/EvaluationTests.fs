@@ -205,6 +205,38 @@ let tests =
                 File.WriteAllText(first, metrics)
                 Expect.equal (withoutTime (Path.Combine(out, "metrics.json"))) (withoutTime first) "metrics.json equal but for ms_per_sample"
             }
+            test "a re-run with another target, calibration or dataset into the same folder is refused, nothing written" {
+                let out, _, _, samples, _ = firstRun.Value
+                let clean, poisoned, calibration = world.Value
+                let other = Path.Combine(Fixtures.tempDir (), "calibration.json")
+                File.WriteAllText(other, File.ReadAllText(calibration) + "\n") // another file, the same calibration
+                let refused what (args: string list) =
+                    let code, _, err = CliTests.run args
+                    Expect.equal code 1 $"{what}: exit 1"
+                    Expect.equal (err.Trim().Split('\n').Length) 1 $"{what}: one line: {err}"
+                    Expect.stringContains err out $"{what}: names the folder"
+                    Expect.stringContains err what $"{what}: names what differs"
+                    Expect.equal (File.ReadAllBytes(Path.Combine(out, "samples.csv"))) samples $"{what}: samples.csv untouched"
+                let args target calibration =
+                    [ "evaluate"; "--model"; Fixtures.tinyLlava; "--calibration"; calibration; "--clean"; clean
+                      "--poisoned"; poisoned; "--target"; target; "--defense"; String.Join(",", defenses)
+                      "--limit"; "3"; "--max-new-tokens"; "4"; "--out"; out; "--no-progress" ]
+                refused "target" (args "something else" calibration)
+                refused "calibration" (args "you have been hacked lol" other)
+                Expect.isTrue (File.Exists(Path.Combine(out, "run.json"))) "run.json names what the records depend on"
+            }
+            test "claimRun: same key resumes; another key is refused naming the fields; a broken run.json is refused" {
+                let dir = Fixtures.tempDir ()
+                let key: RunKey = { Calibration = "a"; Clean = "b"; Poisoned = "c"; Target = "t"; MaxNewTokens = 32; Seed = 0 }
+                claimRun dir key
+                claimRun dir key
+                let message k = try claimRun dir k; "" with :? CleanSight.Core.InputError as e -> e.Message
+                Expect.stringContains (message { key with Seed = 1 }) "another seed" "seed"
+                Expect.stringContains (message { key with MaxNewTokens = 8; Clean = "x" }) "another clean, max_new_tokens" "two fields, named in order"
+                Expect.equal (message key) "" "the same key still resumes"
+                File.WriteAllText(Path.Combine(dir, "run.json"), "[1, 2]")
+                Expect.stringContains (message key) "is not an evaluation run file" "broken run.json"
+            }
             test "deleting the last 2 records and re-running restores exactly those records" {
                 let _, _, _, samples, _ = firstRun.Value
                 // a copy of the first run's folder, so the order of these tests does not matter
