@@ -60,10 +60,14 @@ let claimOutput (s: Settings) =
         let previous =
             try
                 use doc = JsonDocument.Parse(File.ReadAllText path)
-                doc.RootElement.GetProperty("config_hash").GetString()
-            with _ -> raise (CleanSight.Core.InputError(path, "is not a demo settings file (no config_hash); delete it or use another --out"))
+                match doc.RootElement.GetProperty("config_hash") with
+                | h when h.ValueKind = JsonValueKind.String -> h.GetString()
+                | _ -> raise (Collections.Generic.KeyNotFoundException())
+            with e when (e :? JsonException || e :? Collections.Generic.KeyNotFoundException || e :? InvalidOperationException) ->
+                raise (CleanSight.Core.InputError(path, "is not a demo settings file (no config_hash); delete it or use another --out"))
+        let short (h: string) = h.Substring(0, min 12 h.Length)
         if previous <> hash then
-            raise (CleanSight.Core.InputError(s.Out, $"holds a demo run with other settings (config hash {previous.[.. 11]}…, now {hash.[.. 11]}…); use another --out or delete the folder"))
+            raise (CleanSight.Core.InputError(s.Out, $"holds a demo run with other settings (config hash {short previous}…, now {short hash}…); use another --out or delete the folder"))
     else
         Files.writeJson path (dict [ "config_hash", box hash; "config", box { s with Out = "" } ])
 
