@@ -68,6 +68,9 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
             |> Array.toList
         // "none" first: every other defense's output is shown beside the undefended one.
         let defenses = Defenses.NoDefense :: (defenses |> List.filter ((<>) Defenses.NoDefense))
+        match args.TryGetResult EvaluateArgs.Mode with
+        | None | Some "replace" | Some "insert" -> () // how the attack places its target (ASR is containment either way)
+        | Some mode -> raise (InputError("--mode", $"'{mode}' is not replace or insert"))
         let clean, poisoned = args.GetResult EvaluateArgs.Clean, args.GetResult EvaluateArgs.Poisoned
         Dataset.read clean |> ignore
         Dataset.read poisoned |> ignore
@@ -81,6 +84,7 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
               MaxNewTokens = args.GetResult(EvaluateArgs.Max_New_Tokens, 32)
               Limit = args.TryGetResult EvaluateArgs.Limit; Seed = args.GetResult(EvaluateArgs.Seed, 0) }
         let out = args.GetResult EvaluateArgs.Out
+        Evaluation.checkContext session settings clean poisoned
         Evaluation.claimRun out (Evaluation.runKey calibrationPath clean poisoned settings)
         let records = Evaluation.run session calibration settings clean poisoned (Path.Combine(out, "samples.csv")) (Progress.counter progress "evaluate")
         let metrics = Summary.ofRecords records

@@ -200,16 +200,24 @@ let claimRun (dir: string) (key: RunKey) =
         CleanSight.Pipeline.Files.writeJson path (dict (runFields key))
 
 /// Runs every (defense × split × item) not already in samples.csv; returns all records.
-let run (session: LlavaSession) (calibration: Calibration.Calibration) (settings: Settings)
-        (clean: string) (poisoned: string) (samplesCsv: string) (progress: int -> int -> unit) =
+/// The (split, dataset, items) an evaluation covers, after --limit.
+let private setsOf (settings: Settings) (clean: string) (poisoned: string) =
     let take (items: Dataset.Item[]) = match settings.Limit with Some n -> Array.truncate n items | None -> items
-    let sets = [ Clean, clean, take (Dataset.read clean); Poisoned, poisoned, take (Dataset.read poisoned) ]
-    // Every prompt must fit the context: refused now rather than an hour into the run.
-    for _, jsonl, items in sets do
+    [ Clean, clean, take (Dataset.read clean); Poisoned, poisoned, take (Dataset.read poisoned) ]
+
+/// Every prompt must fit the context with the answer: refused before anything is written rather than
+/// an hour into the run.
+let checkContext (session: LlavaSession) (settings: Settings) (clean: string) (poisoned: string) =
+    for _, jsonl, items in setsOf settings clean poisoned do
         for item in items do
             match session.ContextProblem(session.Prompt(item.Question).InputIds.Length, settings.MaxNewTokens) with
             | null -> ()
             | problem -> raise (InputError(jsonl, $"item \"{item.Id}\": {problem}"))
+
+let run (session: LlavaSession) (calibration: Calibration.Calibration) (settings: Settings)
+        (clean: string) (poisoned: string) (samplesCsv: string) (progress: int -> int -> unit) =
+    let sets = setsOf settings clean poisoned
+    checkContext session settings clean poisoned
     let existing, writer = openStore samplesCsv
     use writer = writer
     let records = Collections.Generic.List<Record>(existing)

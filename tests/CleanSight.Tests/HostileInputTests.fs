@@ -756,6 +756,17 @@ let private cliTests =
             Expect.stringContains err $"{longClean}: item \"s1\": prompt is " "names the file and the item"
             Expect.equal (err.Trim().Split('\n').Length) 1 "one line"
             Expect.isFalse (File.Exists(samplesCsv dir)) "nothing evaluated"
+            Expect.isFalse (File.Exists(Path.Combine(dir, "run.json"))) "the folder not claimed either"
+        }
+        test "evaluate refuses a --mode other than replace or insert, writing nothing" {
+            let clean, poisoned, calibration, _ = evalWorld.Value
+            let dir = Fixtures.tempDir ()
+            let code, _, err =
+                Fixtures.runCli [ "evaluate"; "--model"; Fixtures.tinyLlava; "--calibration"; calibration; "--clean"; clean
+                                  "--poisoned"; poisoned; "--target"; "x"; "--mode"; "prepend"; "--defense"; "none"; "--out"; dir; "--no-progress" ]
+            Expect.equal code 1 "exit 1"
+            Expect.equal (err.Trim()) "error: --mode: 'prepend' is not replace or insert" "one line naming the option"
+            Expect.isEmpty (Directory.GetFileSystemEntries dir) "nothing written"
         }
     ]
 
