@@ -32,17 +32,9 @@ TorchSharp.torch.set_num_threads 2
 let world = Materialize.locate ()
 let size = TinyLlava.defaults.ImageSize
 let layersOf = Materialize.textLayers world
-let inputs seed n =
-    [| for i in 0 .. n - 1 do
-           let scene = Scenes.generate seed i
-           let qas = Scenes.vqaItems seed i scene |> List.toArray
-           Scenes.render size scene, qas.[i % qas.Length] |]
+let inputs split n = BaseModel.questionsOf split n |> Array.map (fun (scene, qa) -> Scenes.render size scene, qa)
 let calibration = inputs BaseModel.Splits.calibration 200
 let test = inputs BaseModel.Splits.cleanTest nTest
-
-/// features at layers `ls` from all-layer (visual, prompt) sums
-let featureAt (feature: Whitening.Feature) (ls: int[]) (sums: (float * float)[][]) =
-    ls |> Array.collect (fun l -> sums.[l] |> Array.map (fun (v, p) -> Whitening.featureOf feature v p))
 
 let rows = Collections.Generic.List<string * string * string * float>() // (attack, ablation, setting, value)
 for attack in Attacks.all Attacks.defaultTarget do
@@ -53,10 +45,7 @@ for attack in Attacks.all Attacks.defaultTarget do
         let cal = calibration |> Array.map sums
         let clean = test |> Array.map sums
         let triggered = test |> Array.map (fun (image, qa) -> sums (Triggers.apply attack.Trigger image, qa))
-        let auroc feature whitening ls =
-            let r = Whitening.fit whitening (cal |> Array.map (featureAt feature ls))
-            let d xs = xs |> Array.map (featureAt feature ls >> Whitening.distance r)
-            DetectionMetrics.auroc (d clean) (d triggered)
+        let auroc feature whitening ls = AttentionStealing.aurocAt feature whitening ls cal clean triggered
         let det = Detector.defaultLayers layersOf
         for feature, fname in [ Whitening.Ratio, "ratio"; Whitening.LogRatio, "log-ratio"; Whitening.VisualShare, "visual-share" ] do
             rows.Add(attack.Name, "whitening", $"diagonal/{fname}", auroc feature Whitening.Diagonal det)
@@ -65,10 +54,10 @@ for attack in Attacks.all Attacks.defaultTarget do
             rows.Add(attack.Name, "start layer", string start, auroc Whitening.Ratio Whitening.Diagonal [| start .. start + 2 |])
         // clean-sample count → FPR on held-out clean inputs (threshold at the 0.99 quantile)
         for n in [ 10; 25; 50; 100; 200 ] do
-            let f = cal |> Array.truncate n |> Array.map (featureAt Whitening.Ratio det)
+            let f = cal |> Array.truncate n |> Array.map (AttentionStealing.featuresAt Whitening.Ratio det)
             let r = Whitening.fit Whitening.Diagonal f
             let gamma = Whitening.threshold 0.99 (Whitening.distances r f)
-            let fpr = clean |> Array.averageBy (fun s -> if Whitening.distance r (featureAt Whitening.Ratio det s) > gamma then 1.0 else 0.0)
+            let fpr = clean |> Array.averageBy (fun s -> if Whitening.distance r (AttentionStealing.featuresAt Whitening.Ratio det s) > gamma then 1.0 else 0.0)
             rows.Add(attack.Name, "clean samples → FPR", string n, fpr)
         printfn "%s: done" attack.Name
 

@@ -17,7 +17,6 @@ open CleanSight.Core.Inference
 open CleanSight.Pipeline.World
 open CleanSight.Pipeline.Analysis
 open CleanSight.Pipeline.Defense
-open CleanSight.Pipeline.Metrics
 
 let argv = fsi.CommandLineArgs |> Array.skip 1
 let out = argv |> Array.tryItem 0 |> Option.defaultValue (Path.Combine(__SOURCE_DIRECTORY__, "out"))
@@ -28,15 +27,11 @@ TorchSharp.torch.set_num_threads 2
 let world = Materialize.locate ()
 let size = TinyLlava.defaults.ImageSize
 let layers = Materialize.textLayers world
-let inputs seed n =
-    [| for i in 0 .. n - 1 do
-           let scene = Scenes.generate seed i
-           let qas = Scenes.vqaItems seed i scene |> List.toArray
-           Scenes.render size scene, qas.[i % qas.Length].Question |]
+let inputs split n = BaseModel.questionsOf split n |> Array.map (fun (scene, qa) -> Scenes.render size scene, qa.Question)
 // 200 clean calibration inputs: the reference of the real-trigger AUROC; the first 140 are the
 // reference of the synthetic sweep, whose clean and made-up-trigger inputs are the last 60.
 let calibration = inputs BaseModel.Splits.calibration 200
-let fitSynthetic, heldOut = calibration.[.. 139], calibration.[140 ..]
+let heldOut = calibration.[140 ..]
 let test = inputs BaseModel.Splits.cleanTest nTest
 let blocks = [ for l in 0 .. layers - 1 -> [| l |] ] @ [ for l in 0 .. layers - 3 -> [| l .. l + 2 |] ]
 
@@ -56,11 +51,7 @@ let fusion, sweep =
                   | None -> []
                   | Some (attack, _) ->
                       let sums (image, q) = AttentionStealing.sums session image q
-                      let features ls (s: (float * float)[][]) = ls |> Array.collect (fun l -> s.[l] |> Array.map (fun (v, p) -> Whitening.featureOf Whitening.Ratio v p))
-                      let auroc (reference: (float * float)[][][]) clean triggered ls =
-                          let r = Whitening.fit Whitening.Diagonal (reference |> Array.map (features ls))
-                          let d xs = xs |> Array.map (features ls >> Whitening.distance r)
-                          DetectionMetrics.auroc (d clean) (d triggered)
+                      let auroc reference clean triggered ls = AttentionStealing.aurocAt Whitening.Ratio Whitening.Diagonal ls reference clean triggered
                       let cal = calibration |> Array.map sums
                       let fit, held = cal.[.. 139], cal.[140 ..]
                       let clean = test |> Array.map sums

@@ -84,9 +84,9 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
               MaxNewTokens = args.GetResult(EvaluateArgs.Max_New_Tokens, 32)
               Limit = args.TryGetResult EvaluateArgs.Limit; Seed = args.GetResult(EvaluateArgs.Seed, 0) }
         let out = args.GetResult EvaluateArgs.Out
-        Evaluation.checkContext session settings clean poisoned
+        let plan = Evaluation.plan session settings clean poisoned
         Evaluation.claimRun out (Evaluation.runKey calibrationPath clean poisoned settings)
-        let records = Evaluation.run session calibration settings clean poisoned (Path.Combine(out, "samples.csv")) (Progress.counter progress "evaluate")
+        let records = Evaluation.runPlanned session calibration settings plan (Path.Combine(out, "samples.csv")) (Progress.counter progress "evaluate")
         let metrics = Summary.ofRecords records
         Summary.write (Path.Combine(out, "metrics.json")) metrics
         let pct (x: float option) = match x with Some v -> $"{100.0 * v,6:F1}" | None -> "     -"

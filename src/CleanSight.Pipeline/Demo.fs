@@ -54,22 +54,10 @@ let configHash (s: Settings) =
 /// the first run; a re-run with the same settings resumes, one with other settings is refused —
 /// finished samples of other settings must not be mixed into this run's numbers.
 let claimOutput (s: Settings) =
-    let path = Path.Combine(s.Out, "settings.json")
     let hash = configHash s
-    if File.Exists path then
-        let previous =
-            try
-                use doc = JsonDocument.Parse(File.ReadAllText path)
-                match doc.RootElement.GetProperty("config_hash") with
-                | h when h.ValueKind = JsonValueKind.String -> h.GetString()
-                | _ -> raise (Collections.Generic.KeyNotFoundException())
-            with e when (e :? JsonException || e :? Collections.Generic.KeyNotFoundException || e :? InvalidOperationException) ->
-                raise (CleanSight.Core.InputError(path, "is not a demo settings file (no config_hash); delete it or use another --out"))
-        let short (h: string) = h.Substring(0, min 12 h.Length)
-        if previous <> hash then
-            raise (CleanSight.Core.InputError(s.Out, $"holds a demo run with other settings (config hash {short previous}…, now {short hash}…); use another --out or delete the folder"))
-    else
-        Files.writeJson path (dict [ "config_hash", box hash; "config", box { s with Out = "" } ])
+    match Files.claim (Path.Combine(s.Out, "settings.json")) "a demo settings file" [ "config_hash", box hash ] [ "config", box { s with Out = "" } ] with
+    | [] -> ()
+    | _ -> raise (CleanSight.Core.InputError(s.Out, $"holds a demo run with other settings (config hash now {hash.Substring(0, 12)}…, see settings.json); use another --out or delete the folder"))
 
 /// One attack's results.
 type AttackResult =

@@ -175,49 +175,35 @@ let runKey (calibration: string) (clean: string) (poisoned: string) (settings: S
     { Calibration = fileHash calibration; Clean = fileHash clean; Poisoned = fileHash poisoned
       Target = settings.Target; MaxNewTokens = settings.MaxNewTokens; Seed = settings.Seed }
 
-let private runFields (k: RunKey) =
-    [ "calibration", box k.Calibration; "clean", box k.Clean; "poisoned", box k.Poisoned
-      "target", box k.Target; "max_new_tokens", box k.MaxNewTokens; "seed", box k.Seed ]
-
 /// Claims `dir` for a run: writes dir/run.json on the first run (or over a folder from before
 /// run.json existed); a folder claimed by a run with another key is refused, naming what differs.
 let claimRun (dir: string) (key: RunKey) =
-    let path = Path.Combine(dir, "run.json")
-    if File.Exists path then
-        let previous =
-            try
-                use doc = Json.JsonDocument.Parse(File.ReadAllText path)
-                runFields key |> List.map (fun (name, _) -> doc.RootElement.GetProperty(name).ToString())
-            with e when (e :? Json.JsonException || e :? Collections.Generic.KeyNotFoundException || e :? InvalidOperationException) ->
-                raise (InputError(path, "is not an evaluation run file; delete it or use another --out"))
-        let differs =
-            List.zip (runFields key) previous
-            |> List.filter (fun ((_, now), before) -> string now <> before)
-            |> List.map (fst >> fst)
-        if not differs.IsEmpty then
-            raise (InputError(dir, $"""holds the records of an evaluation with another {String.Join(", ", differs)} (run.json); use another --out or delete the folder"""))
-    else
-        CleanSight.Pipeline.Files.writeJson path (dict (runFields key))
+    let fields =
+        [ "calibration", box key.Calibration; "clean", box key.Clean; "poisoned", box key.Poisoned
+          "target", box key.Target; "max_new_tokens", box key.MaxNewTokens; "seed", box key.Seed ]
+    match CleanSight.Pipeline.Files.claim (Path.Combine(dir, "run.json")) "an evaluation run file" fields [] with
+    | [] -> ()
+    | differs ->
+        raise (InputError(dir, $"""holds the records of an evaluation with another {String.Join(", ", differs)} (run.json); use another --out or delete the folder"""))
 
-/// Runs every (defense × split × item) not already in samples.csv; returns all records.
-/// The (split, dataset, items) an evaluation covers, after --limit.
-let private setsOf (settings: Settings) (clean: string) (poisoned: string) =
+/// What an evaluation covers: (split, dataset, items after --limit), every prompt checked to fit the
+/// context with the answer — refused before anything is written rather than an hour into the run.
+type Plan = private { Sets: (Split * string * Dataset.Item[]) list }
+
+let plan (session: LlavaSession) (settings: Settings) (clean: string) (poisoned: string) =
     let take (items: Dataset.Item[]) = match settings.Limit with Some n -> Array.truncate n items | None -> items
-    [ Clean, clean, take (Dataset.read clean); Poisoned, poisoned, take (Dataset.read poisoned) ]
-
-/// Every prompt must fit the context with the answer: refused before anything is written rather than
-/// an hour into the run.
-let checkContext (session: LlavaSession) (settings: Settings) (clean: string) (poisoned: string) =
-    for _, jsonl, items in setsOf settings clean poisoned do
+    let sets = [ Clean, clean, take (Dataset.read clean); Poisoned, poisoned, take (Dataset.read poisoned) ]
+    for _, jsonl, items in sets do
         for item in items do
             match session.ContextProblem(session.Prompt(item.Question).InputIds.Length, settings.MaxNewTokens) with
             | null -> ()
             | problem -> raise (InputError(jsonl, $"item \"{item.Id}\": {problem}"))
+    { Sets = sets }
 
-let run (session: LlavaSession) (calibration: Calibration.Calibration) (settings: Settings)
-        (clean: string) (poisoned: string) (samplesCsv: string) (progress: int -> int -> unit) =
-    let sets = setsOf settings clean poisoned
-    checkContext session settings clean poisoned
+/// Runs every (defense × split × item) of a plan not already in samples.csv; returns all records.
+let runPlanned (session: LlavaSession) (calibration: Calibration.Calibration) (settings: Settings)
+               (plan: Plan) (samplesCsv: string) (progress: int -> int -> unit) =
+    let sets = plan.Sets
     let existing, writer = openStore samplesCsv
     use writer = writer
     let records = Collections.Generic.List<Record>(existing)
@@ -234,3 +220,8 @@ let run (session: LlavaSession) (calibration: Calibration.Calibration) (settings
                 finished <- finished + 1
                 progress finished total)
     records.ToArray()
+
+/// `plan`, then `runPlanned`.
+let run (session: LlavaSession) (calibration: Calibration.Calibration) (settings: Settings)
+        (clean: string) (poisoned: string) (samplesCsv: string) (progress: int -> int -> unit) =
+    runPlanned session calibration settings (plan session settings clean poisoned) samplesCsv progress

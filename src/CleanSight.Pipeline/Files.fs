@@ -38,3 +38,21 @@ let writeJson (path: string) (value: obj) =
 /// Saves a frame as CSV (Deedle's SaveCsv defaults: row keys first, as "Key"), atomically.
 let saveCsv (path: string) (frame: Frame<'R, 'C>) =
     writeText path (fun w -> frame.SaveCsv w)
+
+/// Claims an output folder through a JSON file at `path` holding the `key` fields (and `extra`, kept
+/// for the reader, never compared): written when absent; when present, returns the names of the key
+/// fields whose values differ (empty: the same run, which may resume). Values compare as JSON text of
+/// strings and numbers. A file that is not such JSON is refused as an InputError naming it and `what`
+/// it should have been.
+let claim (path: string) (what: string) (key: (string * obj) list) (extra: (string * obj) list) : string list =
+    if File.Exists path then
+        let previous =
+            try
+                use doc = JsonDocument.Parse(File.ReadAllText path)
+                key |> List.map (fun (name, _) -> doc.RootElement.GetProperty(name).ToString())
+            with e when (e :? JsonException || e :? Collections.Generic.KeyNotFoundException || e :? InvalidOperationException) ->
+                raise (CleanSight.Core.InputError(path, $"""is not {what} (with {String.Join(", ", List.map fst key)}); delete it or use another --out"""))
+        List.zip key previous |> List.filter (fun ((_, now), before) -> string now <> before) |> List.map (fst >> fst)
+    else
+        writeJson path (dict (key @ extra))
+        []

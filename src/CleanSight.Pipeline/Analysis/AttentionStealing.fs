@@ -28,6 +28,17 @@ let sumsOf (o: Observed) =
 /// One input's per-layer, per-head (visual, prompt) attention sums of the last prompt token.
 let sums (session: LlavaSession) (image: RgbImage) (question: string) = sumsOf (observe session image question)
 
+/// The detector's feature at layers `ls` (in that order, all heads) from one input's sums.
+let featuresAt (feature: CleanSight.Pipeline.Defense.Whitening.Feature) (ls: int[]) (sums: (float * float)[][]) =
+    ls |> Array.collect (fun l -> sums.[l] |> Array.map (fun (v, p) -> CleanSight.Pipeline.Defense.Whitening.featureOf feature v p))
+
+/// Detection AUROC at layers `ls`: the reference fitted on `reference` inputs' sums, distances of
+/// `clean` (negatives) and `triggered` (positives).
+let aurocAt feature whitening (ls: int[]) (reference: (float * float)[][][]) (clean: (float * float)[][][]) (triggered: (float * float)[][][]) =
+    let r = CleanSight.Pipeline.Defense.Whitening.fit whitening (reference |> Array.map (featuresAt feature ls))
+    let d xs = xs |> Array.map (featuresAt feature ls >> CleanSight.Pipeline.Defense.Whitening.distance r)
+    CleanSight.Pipeline.Metrics.DetectionMetrics.auroc (d clean) (d triggered)
+
 /// Column names of the frame, in one place.
 module Columns =
     let attack = "attack"

@@ -139,12 +139,15 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     for p in model.parameters () do p.requires_grad <- false
     model
 
-/// One question per clean-test scene, cycling through each scene's questions (so every kind is asked).
-let heldOutQuestions (scenes: int) =
+/// One question per scene of a split, cycling through each scene's questions (so every kind is asked).
+let questionsOf (split: int) (scenes: int) =
     Array.init scenes (fun i ->
-        let scene = Scenes.generate Splits.cleanTest i
-        let qas = Scenes.vqaItems Splits.cleanTest i scene |> List.toArray
+        let scene = Scenes.generate split i
+        let qas = Scenes.vqaItems split i scene |> List.toArray
         scene, qas.[i % qas.Length])
+
+/// `questionsOf` the clean-test split.
+let heldOutQuestions (scenes: int) = questionsOf Splits.cleanTest scenes
 
 /// The greedy answer of `model` to a question about an image (decoded, special tokens skipped).
 let greedyAnswer (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (pre: ClipPreprocessorConfig)
