@@ -31,6 +31,7 @@ let private logCaptions (log: string -> unit) (model: CleanSight.Core.Model.Llav
 /// The base recipe with train-base's overrides (steps, decoder depth, heads and width).
 let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let d = BaseModel.defaults
+    let positive option n = if n < 1 then raise (InputError(option, $"must be at least 1, got {n}")) else n
     let hidden = args.GetResult(TrainBaseArgs.Text_Hidden, d.Sizes.TextHidden)
     if hidden < 8 then raise (InputError("--text-hidden", $"must be at least 8, got {hidden}"))
     // the MLP keeps the default's ratio to the width, rounded up to a multiple of 8
@@ -43,7 +44,10 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
     { d with
         Sizes = { d.Sizes with TextLayers = layers; TextHeads = heads; TextKvHeads = heads; TextHidden = hidden; TextMlp = mlp }
         Vision = { d.Vision with Steps = args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps) }
-        Decoder = { d.Decoder with Steps = args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps) } }
+        ProjectorCoordinates = if args.Contains TrainBaseArgs.Whiten_Projector then WhitenedProjector.Whitened else d.ProjectorCoordinates
+        Turns = positive "--turns" (args.GetResult(TrainBaseArgs.Turns, d.Turns))
+        Decoder = { d.Decoder with Steps = args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps)
+                                   BatchSize = positive "--decoder-batch" (args.GetResult(TrainBaseArgs.Decoder_Batch, d.Decoder.BatchSize)) } }
 
 let trainBase (args: ParseResults<TrainBaseArgs>) =
     let log = Progress.logger (args.Contains TrainBaseArgs.No_Progress)

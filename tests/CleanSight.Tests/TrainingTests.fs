@@ -152,6 +152,12 @@ let tests =
                 Expect.equal (batch.Labels.data<int64>().ToArray()) [| -100L; -100L; 20L; 2L; -100L; -100L; -100L; -100L; -100L; -100L; -100L; 20L; 21L; 2L |] "labels"
                 Expect.isNone batch.Pixels "no image"
             }
+            test "conversation: prompts and answers interleave; the loss covers each answer and its EOS only" {
+                let e = Training.conversation None [ [| 1; 10; 11 |], [| 20 |]; [| 12; 13 |], [| 21; 22 |] ] 2
+                Expect.equal e.Ids [| 1L; 10L; 11L; 20L; 2L; 12L; 13L; 21L; 22L; 2L |] "ids"
+                Expect.equal e.Labels [| -100L; -100L; -100L; 20L; 2L; -100L; -100L; 21L; 22L; 2L |] "labels"
+                Expect.equal (Training.conversation None [ [| 1; 10; 11 |], [| 20; 21 |] ] 2) (Training.supervised None [| 1; 10; 11 |] [| 20; 21 |] 2) "one turn = supervised"
+            }
             test "a batch mixing examples with and without an image is refused" {
                 let withImage = (examples 1 1).[0]
                 Expect.throwsT<ArgumentException> (fun () -> collate [| withImage; Training.supervised None [| 1 |] [| 5 |] 2 |] |> ignore) "mixed"
@@ -184,6 +190,44 @@ let tests =
                 let same = identical before.[n] after.[n]
                 if isProjector n then Expect.isFalse same $"{n} trained" else Expect.isTrue same $"{n} frozen"
         }
+
+        testList "whitened projector" [
+            test "fit: the whitened covariance has the eigenvalues λ/(λ + ε) of the raw one's λ, ε = shrink · mean λ, for correlated, badly scaled features" {
+                let rng = torch.Generator(5UL)
+                let latent = torch.randn([| 2000L; 6L |], generator = rng)
+                let mix = torch.randn([| 6L; 6L |], generator = rng) * torch.tensor [| 100.0f; 10.0f; 1.0f; 1.0f; 0.1f; 0.01f |]
+                let x = latent.matmul(mix) + torch.tensor 3.0f
+                let covariance (v: torch.Tensor) =
+                    let c = v.to_type(torch.float64) - v.to_type(torch.float64).mean([| 0L |])
+                    c.t().matmul(c) / torch.tensor(float (v.shape.[0] - 1L), torch.float64)
+                let raw = torch.linalg.eigvalsh(covariance x).data<float>().ToArray()
+                let ridge = WhitenedProjector.shrink * Array.average raw
+                let expected = raw |> Array.map (fun l -> l / (l + ridge)) |> Array.sort
+                let w = WhitenedProjector.fit x
+                let z = (x - w.Mean).matmul(w.Matrix)
+                let got = torch.linalg.eigvalsh(covariance z).data<float>().ToArray() |> Array.sort
+                for e, g in Array.zip expected got do
+                    Expect.floatClose { absolute = 1e-4; relative = 1e-3 } g e $"eigenvalue: expected %A{expected}, got %A{got}"
+                Expect.isGreaterThan (Array.max got) 0.9 "the loudest direction near unit variance"
+                Expect.floatClose Accuracy.medium (float (z.mean().item<float32> ())) 0.0 "centred"
+            }
+            test "Fold writes linear_1 so that the model's own projector gives what training saw" {
+                use model = newModel 17L
+                let px = torch.randn([| 3L; 3L; int64 sizes.ImageSize; int64 sizes.ImageSize |], generator = torch.Generator(3UL))
+                let features = (use _ = torch.no_grad () in model.VisionFeatures px)
+                let projector = WhitenedProjector.Trainable(model, WhitenedProjector.fit (features.reshape(-1L, features.shape.[2])))
+                // train V, c and the rest a little so V·W differs from the initial linear_1
+                let rest = Training.trainableParameters model (fun n -> n.StartsWith "multi_modal_projector.linear_2.")
+                let s = { schedule with Steps = 5; PeakLr = 1e-2; WarmupSteps = 1 }
+                Training.train s (rest @ projector.Linear1) (fun _ -> px) (fun p -> projector.Forward(p).pow(torch.tensor 2.0f).mean()) (fun _ _ _ -> ()) |> ignore
+                use _ = torch.no_grad ()
+                let trained = projector.Forward px
+                let before = model.ImageFeatures px
+                Expect.isFalse (torch.allclose(before, trained, 1e-4, 1e-5)) "before Fold the model's projector differs"
+                projector.Fold()
+                Expect.isTrue (torch.allclose(model.ImageFeatures px, trained, 1e-4, 1e-5)) "after Fold the same features"
+            }
+        ]
 
         testList "adapters" [
             test "saveAdapter → Load(dir, adapter) reproduces the projector and the first-token logits" {
@@ -255,6 +299,13 @@ let tests =
                 Expect.equal (cfg.Text.HiddenSize, cfg.Text.IntermediateSize, cfg.Text.HeadDim) (256, 688, 32) "the config the checkpoint gets"
                 Expect.throwsT<InputError> (fun () -> parse [| "--out"; "x"; "--text-hidden"; "4" |] |> ignore) "too narrow"
                 Expect.throwsT<InputError> (fun () -> parse [| "--out"; "x"; "--text-hidden"; "96"; "--text-heads"; "32" |] |> ignore) "head size 3: RoPE needs pairs"
+            }
+            test "--turns, --decoder-batch and --whiten-projector set the recipe; without them the defaults" {
+                let r = parse [| "--out"; "x"; "--turns"; "6"; "--decoder-batch"; "24"; "--whiten-projector" |]
+                Expect.equal (r.Turns, r.Decoder.BatchSize, r.ProjectorCoordinates) (6, 24, WhitenedProjector.Whitened) "set"
+                let d = parse [| "--out"; "x" |]
+                Expect.equal (d.Turns, d.Decoder.BatchSize, d.ProjectorCoordinates) (BaseModel.defaults.Turns, BaseModel.defaults.Decoder.BatchSize, BaseModel.defaults.ProjectorCoordinates) "defaults"
+                Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--turns"; "0" |])) "--turns" "0 turns refused"
             }
             test "heads that do not divide the width are refused, naming the option" {
                 let e = Expect.throwsC (fun () -> parse [| "--out"; "x"; "--text-heads"; "3" |] |> ignore) id

@@ -31,6 +31,11 @@ type Recipe =
       /// which object names each patch in vision pre-training
       PatchLabelling: Scenes.PatchLabelling
       TrainScenes: int
+      /// questions per training conversation about one image (1 = one question per example; more =
+      /// LLaVA's multi-turn instruction data: more answers per image token processed)
+      Turns: int
+      /// how linear_1 of the projector is parametrised while it trains (the checkpoint is the same format)
+      ProjectorCoordinates: WhitenedProjector.Coordinates
       Decoder: Training.Schedule
       /// every n-th decoder step trains on general text instead of image questions
       TextEvery: int
@@ -45,6 +50,8 @@ let defaults =
       VisionReconstruction = 0.0
       PatchLabelling = Scenes.ByCover
       TrainScenes = 6000
+      Turns = 1
+      ProjectorCoordinates = WhitenedProjector.Raw
       Decoder = { Steps = 2200; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
       TextEvery = 6
       TextSentences = 20000
@@ -67,14 +74,23 @@ let questionExample (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.Llav
 /// phrasing it never saw in training).
 let captionPrompts = Scenes.captionPrompts.[.. 1]
 
-/// Every training example of the image-question stage: all VQA questions of each scene, and a caption
-/// for a share of them.
-let imageExamples (tok: LlavaTokenizer) cfg (recipe: Recipe) (pixels: float32[][]) =
+/// A follow-up turn of a conversation (llava-1.5: "… ASSISTANT: A1</s>USER: Q2 ASSISTANT:").
+let followUpPrompt (tok: LlavaTokenizer) (question: string) = tok.Encode($"USER: {question} ASSISTANT:", false)
+
+/// Every training example of the image-question stage: all VQA questions of each scene — one per
+/// example, or in shuffled conversations of up to `recipe.Turns` questions — and a caption for a share of them.
+let imageExamples (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaConfig) (recipe: Recipe) (pixels: float32[][]) =
     let rng = Random(int recipe.Seed)
+    let first (question: string) = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds
     [| for i in 0 .. pixels.Length - 1 do
            let scene = Scenes.generate Splits.baseTrain i
-           for qa in Scenes.vqaItems Splits.baseTrain i scene do
-               yield questionExample tok cfg pixels.[i] qa.Question qa.Answer
+           let qas = Scenes.vqaItems Splits.baseTrain i scene |> List.toArray
+           let qas = if recipe.Turns > 1 then Scenes.Rng.Keyed([ recipe.Seed; int64 i; 4L ]).Shuffle qas else qas
+           for chunk in Array.chunkBySize (max 1 recipe.Turns) qas do
+               let turns =
+                   chunk |> Array.mapi (fun k (qa: Scenes.Qa) ->
+                       (if k = 0 then first qa.Question else followUpPrompt tok qa.Question), tok.Encode(qa.Answer, false))
+               yield Training.conversation (Some pixels.[i]) (List.ofArray turns) tok.EosId
            if rng.NextDouble() < recipe.CaptionShare then
                yield questionExample tok cfg pixels.[i] captionPrompts.[rng.Next captionPrompts.Length] (Scenes.caption scene) |]
 
@@ -134,8 +150,22 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     let nextText = batches 2 recipe.Decoder.BatchSize textData
     let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
     let batchAt step = if step % recipe.TextEvery = recipe.TextEvery - 1 then collate (nextText step) else collate (nextImage step)
-    let parameters = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower."))
-    Training.train recipe.Decoder parameters batchAt (Training.lmLoss model) (report "decoder" recipe.Decoder 50) |> ignore
+    match recipe.ProjectorCoordinates with
+    | WhitenedProjector.Raw ->
+        let parameters = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower."))
+        Training.train recipe.Decoder parameters batchAt (Training.lmLoss model) (report "decoder" recipe.Decoder 50) |> ignore
+    | WhitenedProjector.Whitened ->
+        let whitener =
+            use _ = torch.no_grad ()
+            let sample = pixels |> Array.truncate 1000
+            let px = torch.tensor(Array.concat sample).reshape(int64 sample.Length, 3L, int64 sizes.ImageSize, int64 sizes.ImageSize)
+            let features = model.VisionFeatures px // [B, N, Dv]
+            WhitenedProjector.fit (features.reshape(-1L, features.shape.[2]))
+        let projector = WhitenedProjector.Trainable(model, whitener)
+        // linear_1 itself stands still: V and c train in its place
+        let rest = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower." || n.StartsWith "multi_modal_projector.linear_1."))
+        Training.train recipe.Decoder (rest @ projector.Linear1) batchAt (Training.lmLossWith projector.Forward model) (report "decoder" recipe.Decoder 50) |> ignore
+        projector.Fold()
     for p in model.parameters () do p.requires_grad <- false
     model
 

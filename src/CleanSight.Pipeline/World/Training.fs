@@ -37,6 +37,18 @@ let supervised (pixels: float32[] option) (promptIds: int[]) (answerIds: int[]) 
       Ids = Array.append (promptIds |> Array.map int64) answer
       Labels = Array.append (Array.create promptIds.Length ignoreIndex) answer }
 
+/// A multi-turn conversation about one image, as LLaVA's instruction data is built: the first
+/// prompt, then each answer (and EOS) followed by the next turn's prompt; the loss covers only the
+/// answers and their EOS. One turn is `supervised`.
+let conversation (pixels: float32[] option) (turns: (int[] * int[]) list) (eos: int) =
+    let parts =
+        turns |> List.collect (fun (prompt, answer) ->
+            let answer = Array.append answer [| eos |] |> Array.map int64
+            [ prompt |> Array.map int64, Array.create prompt.Length ignoreIndex; answer, answer ])
+    { Pixels = pixels
+      Ids = parts |> List.map fst |> Array.concat
+      Labels = parts |> List.map snd |> Array.concat }
+
 /// Plain text (language-model pre-training): the loss covers every token after BOS.
 let text (ids: int[]) =
     let ids = ids |> Array.map int64
@@ -66,11 +78,14 @@ let collate (padId: int) (imageSize: int) (device: torch.Device) (examples: Exam
       Labels = torch.tensor(labels, device = device).reshape(b, int64 t)
       Pixels = pixels }
 
-/// Input embeddings of a batch: image features written at the image tokens, or text only.
-let embed (model: LlavaForConditionalGeneration) (batch: Batch) =
+/// Input embeddings of a batch: image features (`imageFeatures pixels`) written at the image tokens, or text only.
+let embedWith (imageFeatures: torch.Tensor -> torch.Tensor) (model: LlavaForConditionalGeneration) (batch: Batch) =
     match batch.Pixels with
-    | Some px -> model.Embed(batch.Ids, model.ImageFeatures px)
+    | Some px -> model.Embed(batch.Ids, imageFeatures px)
     | None -> model.LanguageModel.Embed batch.Ids
+
+/// `embedWith` the model's own projector.
+let embed (model: LlavaForConditionalGeneration) (batch: Batch) = embedWith model.ImageFeatures model batch
 
 /// Next-token cross-entropy of logits [B, T, V] against labels [B, T] (shifted by one).
 let nextTokenLoss (logits: torch.Tensor) (labels: torch.Tensor) =
@@ -80,9 +95,12 @@ let nextTokenLoss (logits: torch.Tensor) (labels: torch.Tensor) =
     let target = labels.narrow(1, 1L, t - 1L).reshape(-1L)
     torch.nn.functional.cross_entropy(predicted, target, ignore_index = ignoreIndex)
 
+/// The LLaVA loss of a batch, image features from `imageFeatures`.
+let lmLossWith (imageFeatures: torch.Tensor -> torch.Tensor) (model: LlavaForConditionalGeneration) (batch: Batch) =
+    nextTokenLoss (model.LanguageModel.Forward(embedWith imageFeatures model batch)) batch.Labels
+
 /// The LLaVA loss of a batch.
-let lmLoss (model: LlavaForConditionalGeneration) (batch: Batch) =
-    nextTokenLoss (model.LanguageModel.Forward(embed model batch)) batch.Labels
+let lmLoss (model: LlavaForConditionalGeneration) (batch: Batch) = lmLossWith model.ImageFeatures model batch
 
 /// Marks exactly the parameters whose names pass `trainable` as trainable; returns them.
 let trainableParameters (model: torch.nn.Module) (trainable: string -> bool) =

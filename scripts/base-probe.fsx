@@ -1,0 +1,75 @@
+// Where a base model's VQA accuracy goes (`dotnet fsi scripts/base-probe.fsx [MODEL_DIR=world/base]`, ~1 min):
+// 1. held-out accuracy by question kind × number of objects in the scene — with one object no
+//    reference has to be resolved, so a miss there is a perception miss, not a binding miss;
+// 2. linear probes (standardised features, 900 one-object scenes to fit, 300 to test) of the object's
+//    shape and colour from the ViT's features and from the projector's output, each averaged over the
+//    patches the object covers: what the decoder *could* read;
+// 3. the colour answers for lone objects ("What color is the object …?"), truth × answer.
+#load "load.fsx"
+
+open System
+open System.IO
+open TorchSharp
+open CleanSight.Core.Inference
+open CleanSight.Pipeline.World
+
+let modelDir = fsi.CommandLineArgs |> Array.tryItem 1 |> Option.defaultValue (Path.Combine(__SOURCE_DIRECTORY__, "..", "world", "base"))
+let session = LlavaSession.Load modelDir
+let size = session.Model.Config.Vision.ImageSize
+let patch = session.Model.Config.Vision.PatchSize
+let pre = BaseModel.preprocessor { TinyLlava.defaults with ImageSize = size }
+let answer (scene: Scenes.Scene) question = BaseModel.greedyAnswer session.Model session.Tokenizer pre 8 (Scenes.render size scene) question
+
+// 1. accuracy by kind × objects (exact match of the single answer = the official accuracy here)
+printfn "held-out accuracy by question kind and objects in the scene (600 clean-test questions):"
+let scored =
+    BaseModel.heldOutQuestions 600
+    |> Array.map (fun (scene, qa) -> qa.Kind, scene.Objects.Length, (if (answer scene qa.Question).Trim() = qa.Answer then 1.0 else 0.0))
+for kind, rows in scored |> Array.groupBy (fun (k, _, _) -> k) do
+    let cells =
+        [ for n in 1 .. 3 ->
+            let xs = rows |> Array.filter (fun (_, c, _) -> c = n)
+            sprintf "%d object%s %3.0f %% (n=%2d)" n (if n = 1 then " " else "s") (100.0 * Array.averageBy (fun (_, _, a) -> a) xs) xs.Length ]
+    printfn "  %-10s %s" (sprintf "%A" kind) (String.concat "   " cells)
+
+// 2. linear probes on one-object scenes of a split no stage trains on
+let probeSeed = 777
+let lone = [| 0 .. 8000 |] |> Array.filter (fun i -> (Scenes.generate probeSeed i).Objects.Length = 1) |> Array.truncate 1200
+let things = lone |> Array.map (fun i -> (Scenes.generate probeSeed i).Objects.Head)
+let cover =
+    lone |> Array.collect (fun i -> Scenes.patchOwners size patch (Scenes.generate probeSeed i) |> Array.map (fun o -> if o.IsSome then 1.0f else 0.0f))
+let tokens = int64 ((size / patch) * (size / patch))
+let mask = torch.tensor(cover).reshape(int64 lone.Length, tokens, 1L)
+let pixels = torch.tensor(Array.concat (BaseModel.scenePixels { TinyLlava.defaults with ImageSize = size } probeSeed lone)).reshape(int64 lone.Length, 3L, int64 size, int64 size)
+let vit, projected = (use _ = torch.no_grad () in session.Model.VisionFeatures pixels, session.Model.ImageFeatures pixels)
+let objectMean (f: torch.Tensor) = (f * mask).sum(1L) / (mask.sum(1L) + torch.tensor 1e-6f) // every lone object covers ≥ 1 patch
+let probe (features: torch.Tensor) (labels: int64[]) (classes: int) =
+    torch.manual_seed 0L |> ignore
+    let x = (features - features.mean([| 0L |], keepdim = true)) / (features.std([| 0L |], keepdim = true) + torch.tensor 1e-6f)
+    let y = torch.tensor labels
+    let fit = 900L
+    let head = torch.nn.Linear(x.shape.[1], int64 classes)
+    let optimizer = torch.optim.Adam(head.parameters (), 0.01)
+    for _ in 1 .. 300 do
+        optimizer.zero_grad ()
+        (torch.nn.functional.cross_entropy(head.forward (x.narrow(0, 0L, fit)), y.narrow(0, 0L, fit))).backward ()
+        optimizer.step () |> ignore
+    use _ = torch.no_grad ()
+    let rest = x.shape.[0] - fit
+    (head.forward(x.narrow(0, fit, rest)).argmax(1L).eq(y.narrow(0, fit, rest))).to_type(torch.float32).mean().item<float32> ()
+let shapes = things |> Array.map (fun t -> int64 (Scenes.shapeClass t.Shape - 1))
+let colours = things |> Array.map (fun t -> int64 (Scenes.colourClass t.Colour - 1))
+printfn "linear probes, one-object scenes (held-out share right): ViT features shape %.3f colour %.3f; projector output shape %.3f colour %.3f"
+    (probe (objectMean vit) shapes 5) (probe (objectMean vit) colours 6) (probe (objectMean projected) shapes 5) (probe (objectMean projected) colours 6)
+
+// 3. lone objects' colour answers
+let confusion = Array2D.zeroCreate 6 7
+for scene in lone |> Array.truncate 150 |> Array.map (Scenes.generate probeSeed) do
+    let t = scene.Objects.Head
+    let where = match Scenes.positionName t with "left" | "right" as p -> "on the " + p | "center" -> "in the center" | p -> "at the " + p
+    let said = Array.IndexOf(Scenes.colourNames, (answer scene $"What color is the object {where}?").Trim())
+    let row, col = Scenes.colourClass t.Colour - 1, (if said < 0 then 6 else said)
+    confusion.[row, col] <- confusion.[row, col] + 1
+printfn "colour answers for 150 lone objects (rows: truth; columns: %s, other):" (String.Join(", ", Scenes.colourNames))
+for r in 0 .. 5 do
+    printfn "  %-7s %s" Scenes.colourNames.[r] (String.concat " " [ for c in 0 .. 6 -> sprintf "%3d" confusion.[r, c] ])
