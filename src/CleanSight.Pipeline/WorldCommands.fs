@@ -28,7 +28,7 @@ let private logCaptions (log: string -> unit) (model: CleanSight.Core.Model.Llav
         |> Array.map (fun (prompt, c) -> $"\"{prompt}\" {c:F2}") |> String.concat ", "
     log $"held-out caption CIDEr-D on {images} clean-test images: {parts}"
 
-/// The base recipe with train-base's overrides (steps, decoder depth, heads and width).
+/// The base recipe with train-base's overrides (steps, decoder depth, heads and width, conversation turns, decoder batch, projector parametrisation).
 let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let d = BaseModel.defaults
     let positive option n = if n < 1 then raise (InputError(option, $"must be at least 1, got {n}")) else n

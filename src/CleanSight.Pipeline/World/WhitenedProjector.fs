@@ -1,9 +1,11 @@
 /// Training the projector in whitened vision-feature coordinates — a preconditioner, not a change of
-/// architecture. The frozen ViT's features are badly conditioned (the base's: 8 of 64 directions hold
-/// 93 % of the variance), and AdamW moves every weight by about the learning rate, so the projector
-/// learns a direction of the features at a speed proportional to its spread: it learns the loud
-/// attributes and barely touches the quiet ones (measured: with a ViT trained 300 steps the decoder
-/// reads colour and position but not shape; trained 1500 steps, shape but no longer colour). Here
+/// architecture. The frozen ViT's features are badly conditioned (the committed base's: 8 of 64
+/// directions hold 94 % of the variance), and AdamW moves every weight by about the learning rate, so a
+/// direction of the features is learnt at a speed that grows with its spread. The hypothesis this
+/// tests: the decoder reads the loud attributes and not the quiet ones (with a ViT trained 300 steps it
+/// reads colour and position but not shape; trained 1500 steps, shape but no longer colour) because the
+/// projector is ill-conditioned. Measured: it is not — whitened, the decoder still loses colour (README,
+/// "The tiny world, measured"); kept as a `train-base` option (`--whiten-projector`), off by default.
 /// linear_1 is trained as V on z = (x − μ)·W (W = ZCA whitening, ridge-shrunk), then folded back:
 /// linear_1.weight = V·W, linear_1.bias = c − V·W·μ — the saved checkpoint is a plain llava-hf one.
 module CleanSight.Pipeline.World.WhitenedProjector
