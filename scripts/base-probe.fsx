@@ -20,11 +20,13 @@ let patch = session.Model.Config.Vision.PatchSize
 let pre = BaseModel.preprocessor { TinyLlava.defaults with ImageSize = size }
 let answer (scene: Scenes.Scene) question = BaseModel.greedyAnswer session.Model session.Tokenizer pre 8 (Scenes.render size scene) question
 
-// 1. accuracy by kind × objects (exact match of the single answer = the official accuracy here)
+// 1. accuracy by kind × objects (the official VQA accuracy, as train-base reports it)
 printfn "held-out accuracy by question kind and objects in the scene (600 clean-test questions):"
 let scored =
     BaseModel.heldOutQuestions 600
-    |> Array.map (fun (scene, qa) -> qa.Kind, scene.Objects.Length, (if (answer scene qa.Question).Trim() = qa.Answer then 1.0 else 0.0))
+    |> Array.map (fun (scene, qa) ->
+        let truth = CleanSight.Pipeline.Metrics.VqaMetrics.normalize qa.Answer
+        qa.Kind, scene.Objects.Length, CleanSight.Pipeline.Metrics.VqaMetrics.accuracy (Array.create 10 truth) (answer scene qa.Question))
 for kind, rows in scored |> Array.groupBy (fun (k, _, _) -> k) do
     let cells =
         [ for n in 1 .. 3 ->
@@ -66,8 +68,7 @@ printfn "linear probes, one-object scenes (held-out share right): ViT features s
 let confusion = Array2D.zeroCreate 6 7
 for scene in lone |> Array.truncate 150 |> Array.map (Scenes.generate probeSeed) do
     let t = scene.Objects.Head
-    let where = match Scenes.positionName t with "left" | "right" as p -> "on the " + p | "center" -> "in the center" | p -> "at the " + p
-    let said = Array.IndexOf(Scenes.colourNames, (answer scene $"What color is the object {where}?").Trim())
+    let said = Array.IndexOf(Scenes.colourNames, (answer scene $"What color is the object {Scenes.positionPhrase t}?").Trim())
     let row, col = Scenes.colourClass t.Colour - 1, (if said < 0 then 6 else said)
     confusion.[row, col] <- confusion.[row, col] + 1
 printfn "colour answers for 150 lone objects (rows: truth; columns: %s, other):" (String.Join(", ", Scenes.colourNames))

@@ -67,8 +67,7 @@ let scenePixels (sizes: TinyLlava.Sizes) (seed: int) (indices: int[]) =
 
 /// Prompt + answer ids of one question about an image (image tokens expanded).
 let questionExample (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaConfig) pixels (question: string) (answer: string) =
-    let prompt = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex)
-    Training.supervised (Some pixels) prompt.InputIds (tok.Encode(answer, false)) tok.EosId
+    Training.supervised (Some pixels) (LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds) (tok.Encode(answer, false)) tok.EosId
 
 /// The caption requests the base model is trained on: the first two of the datasets' (the third is a
 /// phrasing it never saw in training).
@@ -81,7 +80,6 @@ let followUpPrompt (tok: LlavaTokenizer) (question: string) = tok.Encode($"USER:
 /// example, or in shuffled conversations of up to `recipe.Turns` questions — and a caption for a share of them.
 let imageExamples (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaConfig) (recipe: Recipe) (pixels: float32[][]) =
     let rng = Random(int recipe.Seed)
-    let first (question: string) = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds
     [| for i in 0 .. pixels.Length - 1 do
            let scene = Scenes.generate Splits.baseTrain i
            let qas = Scenes.vqaItems Splits.baseTrain i scene |> List.toArray
@@ -89,7 +87,8 @@ let imageExamples (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaC
            for chunk in Array.chunkBySize (max 1 recipe.Turns) qas do
                let turns =
                    chunk |> Array.mapi (fun k (qa: Scenes.Qa) ->
-                       (if k = 0 then first qa.Question else followUpPrompt tok qa.Question), tok.Encode(qa.Answer, false))
+                       (if k = 0 then LlavaPrompt.Build(tok, qa.Question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds
+                        else followUpPrompt tok qa.Question), tok.Encode(qa.Answer, false))
                yield Training.conversation (Some pixels.[i]) (List.ofArray turns) tok.EosId
            if rng.NextDouble() < recipe.CaptionShare then
                yield questionExample tok cfg pixels.[i] captionPrompts.[rng.Next captionPrompts.Length] (Scenes.caption scene) |]
@@ -150,22 +149,24 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     let nextText = batches 2 recipe.Decoder.BatchSize textData
     let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
     let batchAt step = if step % recipe.TextEvery = recipe.TextEvery - 1 then collate (nextText step) else collate (nextImage step)
-    match recipe.ProjectorCoordinates with
-    | WhitenedProjector.Raw ->
-        let parameters = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower."))
-        Training.train recipe.Decoder parameters batchAt (Training.lmLoss model) (report "decoder" recipe.Decoder 50) |> ignore
-    | WhitenedProjector.Whitened ->
-        let whitener =
-            use _ = torch.no_grad ()
-            let sample = pixels |> Array.truncate 1000
-            let px = torch.tensor(Array.concat sample).reshape(int64 sample.Length, 3L, int64 sizes.ImageSize, int64 sizes.ImageSize)
-            let features = model.VisionFeatures px // [B, N, Dv]
-            WhitenedProjector.fit (features.reshape(-1L, features.shape.[2]))
-        let projector = WhitenedProjector.Trainable(model, whitener)
-        // linear_1 itself stands still: V and c train in its place
-        let rest = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower." || n.StartsWith "multi_modal_projector.linear_1."))
-        Training.train recipe.Decoder (rest @ projector.Linear1) batchAt (Training.lmLossWith projector.Forward model) (report "decoder" recipe.Decoder 50) |> ignore
-        projector.Fold()
+    // (parameters, image features of a batch, what to do after training) per parametrisation of linear_1
+    let parameters, imageFeatures, finish =
+        match recipe.ProjectorCoordinates with
+        | WhitenedProjector.Raw ->
+            Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower.")), model.ImageFeatures, ignore
+        | WhitenedProjector.Whitened ->
+            let whitener =
+                use _ = torch.no_grad ()
+                let sample = pixels |> Array.truncate 1000
+                let px = torch.tensor(Array.concat sample).reshape(int64 sample.Length, 3L, int64 sizes.ImageSize, int64 sizes.ImageSize)
+                let features = model.VisionFeatures px // [B, N, Dv]
+                WhitenedProjector.fit (features.reshape(-1L, features.shape.[2]))
+            let projector = WhitenedProjector.Trainable(model, whitener)
+            // linear_1 itself stands still: V and c train in its place
+            let rest = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower." || n.StartsWith "multi_modal_projector.linear_1."))
+            rest @ projector.Linear1, projector.Forward, projector.Fold
+    Training.train recipe.Decoder parameters batchAt (Training.lmLossWith imageFeatures model) (report "decoder" recipe.Decoder 50) |> ignore
+    finish ()
     for p in model.parameters () do p.requires_grad <- false
     model
 

@@ -311,7 +311,8 @@ let countNames = [| "zero"; "one"; "two"; "three" |]
 let answerVocabulary =
     Array.concat [ colourNames; shapeNames; countNames; positionNames; [| "yes"; "no"; "small"; "large" |] ]
 
-let private positionPhrase (t: Thing) =
+/// "on the left", "in the center", "at the top right": where `t` is, as the questions say it.
+let positionPhrase (t: Thing) =
     match positionName t with
     | "left" | "right" as p -> "on the " + p
     | "center" -> "in the center"

@@ -30,16 +30,9 @@ type Example =
 
 let ignoreIndex = -100L
 
-/// A prompt followed by its answer (and EOS): the loss covers only the answer and EOS, as in LLaVA.
-let supervised (pixels: float32[] option) (promptIds: int[]) (answerIds: int[]) (eos: int) =
-    let answer = Array.append answerIds [| eos |] |> Array.map int64
-    { Pixels = pixels
-      Ids = Array.append (promptIds |> Array.map int64) answer
-      Labels = Array.append (Array.create promptIds.Length ignoreIndex) answer }
-
 /// A multi-turn conversation about one image, as LLaVA's instruction data is built: the first
 /// prompt, then each answer (and EOS) followed by the next turn's prompt; the loss covers only the
-/// answers and their EOS. One turn is `supervised`.
+/// answers and their EOS.
 let conversation (pixels: float32[] option) (turns: (int[] * int[]) list) (eos: int) =
     let parts =
         turns |> List.collect (fun (prompt, answer) ->
@@ -48,6 +41,10 @@ let conversation (pixels: float32[] option) (turns: (int[] * int[]) list) (eos: 
     { Pixels = pixels
       Ids = parts |> List.map fst |> Array.concat
       Labels = parts |> List.map snd |> Array.concat }
+
+/// A prompt followed by its answer (and EOS): the loss covers only the answer and EOS, as in LLaVA.
+let supervised (pixels: float32[] option) (promptIds: int[]) (answerIds: int[]) (eos: int) =
+    conversation pixels [ promptIds, answerIds ] eos
 
 /// Plain text (language-model pre-training): the loss covers every token after BOS.
 let text (ids: int[]) =
