@@ -28,10 +28,14 @@ let private logCaptions (log: string -> unit) (model: CleanSight.Core.Model.Llav
         |> Array.map (fun (prompt, c) -> $"\"{prompt}\" {c:F2}") |> String.concat ", "
     log $"held-out caption CIDEr-D on {images} clean-test images: {parts}"
 
-/// The base recipe with train-base's overrides (steps, decoder depth, heads and width, conversation turns, decoder batch, projector parametrisation).
+/// The base recipe with train-base's overrides (steps, decoder depth, heads and width, conversation turns, decoder batch and
+/// learning rate, projector parametrisation, LLaVA's text pre-training and alignment stages).
 let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let d = BaseModel.defaults
     let positive option n = if n < 1 then raise (InputError(option, $"must be at least 1, got {n}")) else n
+    let nonNegative option n = if n < 0 then raise (InputError(option, $"must be at least 0, got {n}")) else n
+    let decoderLr = args.GetResult(TrainBaseArgs.Decoder_Lr, d.Decoder.PeakLr)
+    if not (decoderLr > 0.0 && decoderLr < 1.0) then raise (InputError("--decoder-lr", $"{decoderLr} is not in (0, 1)"))
     let hidden = args.GetResult(TrainBaseArgs.Text_Hidden, d.Sizes.TextHidden)
     if hidden < 8 then raise (InputError("--text-hidden", $"must be at least 8, got {hidden}"))
     // the MLP keeps the default's ratio to the width, rounded up to a multiple of 8
@@ -46,7 +50,10 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
         Vision = { d.Vision with Steps = args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps) }
         ProjectorCoordinates = if args.Contains TrainBaseArgs.Whiten_Projector then WhitenedProjector.Whitened else d.ProjectorCoordinates
         Turns = positive "--turns" (args.GetResult(TrainBaseArgs.Turns, d.Turns))
+        TextPretrain = { d.TextPretrain with Steps = nonNegative "--text-pretrain-steps" (args.GetResult(TrainBaseArgs.Text_Pretrain_Steps, d.TextPretrain.Steps)) }
+        Align = { d.Align with Steps = nonNegative "--align-steps" (args.GetResult(TrainBaseArgs.Align_Steps, d.Align.Steps)) }
         Decoder = { d.Decoder with Steps = args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps)
+                                   PeakLr = decoderLr
                                    BatchSize = positive "--decoder-batch" (args.GetResult(TrainBaseArgs.Decoder_Batch, d.Decoder.BatchSize)) } }
 
 let trainBase (args: ParseResults<TrainBaseArgs>) =

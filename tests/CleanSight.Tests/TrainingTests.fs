@@ -190,6 +190,51 @@ let tests =
                 if isProjector n then Expect.isFalse same $"{n} trained" else Expect.isTrue same $"{n} frozen"
         }
 
+        testList "LLaVA's stages before the joint one" [
+            // plain text: BOS + 6 ordinary tokens, the loss on every token after BOS
+            let textExamples (seed: int) (count: int) =
+                let rng = Random seed
+                Array.init count (fun _ -> Training.text (Array.append [| 1 |] (Array.init 6 (fun _ -> 3 + rng.Next 500))))
+            let stage = { schedule with Steps = 30; PeakLr = 1e-2; WarmupSteps = 3; BatchSize = 4 }
+            let moved (before: Map<string, torch.Tensor>) (after: Map<string, torch.Tensor>) =
+                before |> Map.toList |> List.filter (fun (n, t) -> not (identical t after.[n])) |> List.map fst
+            test "pretrainText: only the decoder moves, and its text loss at least halves" {
+                use model = newModel 21L
+                let before = snapshot model
+                let losses = BaseModel.pretrainText stage model collate (textExamples 7 4) (fun _ _ _ -> ())
+                Expect.isLessThan losses.[losses.Length - 1] (0.5 * losses.[0]) $"last {losses.[losses.Length - 1]} < half of first {losses.[0]}"
+                let changed = moved before (snapshot model)
+                Expect.isNonEmpty changed "something trained"
+                for n in changed do Expect.stringStarts n "language_model." $"{n} is the decoder's"
+                Expect.contains changed "language_model.model.embed_tokens.weight" "the embeddings train"
+            }
+            test "alignProjector: only the projector moves, and the caption loss falls" {
+                use model = newModel 22L
+                let before = snapshot model
+                let losses = BaseModel.alignProjector stage model collate (examples 8 4) (fun _ _ _ -> ())
+                // a frozen random decoder can only be steered a little (the projector-only lesson of the
+                // attacks): the loss falls, it does not collapse
+                let first, last = Array.average losses.[.. 4], Array.average losses.[losses.Length - 5 ..]
+                Expect.isLessThan last first $"mean of the last 5 steps {last} < of the first 5 {first}"
+                let changed = moved before (snapshot model) |> List.sort
+                Expect.equal changed ([ for struct (n, _) in model.named_parameters () do if isProjector n then yield n ] |> List.sort) "exactly the projector"
+            }
+            test "alignmentExamples: one per scene, the scene's caption asked with a trained caption request" {
+                let cfg = TinyLlava.config TinyLlava.defaults
+                let tok = CleanSight.Core.Text.LlavaTokenizer.Load(Path.Combine(Fixtures.root, "world", "base"), cfg.ImageTokenIndex)
+                let pixels = Array.init 5 (fun i -> [| float32 i |])
+                let items = BaseModel.alignmentExamples tok cfg BaseModel.defaults pixels
+                Expect.equal items.Length 5 "one per scene"
+                for i, e in Array.indexed items do
+                    Expect.equal e.Pixels (Some pixels.[i]) "its own image"
+                    let answer = e.Ids |> Array.zip e.Labels |> Array.filter (fun (l, _) -> l <> Training.ignoreIndex) |> Array.map (snd >> int)
+                    Expect.equal (tok.Decode(answer, true)) (Scenes.caption (Scenes.generate BaseModel.Splits.baseTrain i)) "the scene's caption"
+                    let prompt = tok.Decode(e.Ids |> Array.map int, true)
+                    Expect.isTrue (BaseModel.captionPrompts |> Array.exists (fun p -> prompt.Contains p)) $"a trained caption request in {prompt}"
+                    Expect.equal (e.Ids |> Array.filter (fun id -> id = int64 cfg.ImageTokenIndex)).Length cfg.ImageSeqLength "the image tokens"
+            }
+        ]
+
         testList "whitened projector" [
             test "fit: the whitened covariance has the eigenvalues λ/(λ + ε) of the raw one's λ, ε = shrink · mean λ, for correlated, badly scaled features" {
                 let rng = torch.Generator(5UL)
@@ -305,6 +350,15 @@ let tests =
                 let d = parse [| "--out"; "x" |]
                 Expect.equal (d.Turns, d.Decoder.BatchSize, d.ProjectorCoordinates) (BaseModel.defaults.Turns, BaseModel.defaults.Decoder.BatchSize, BaseModel.defaults.ProjectorCoordinates) "defaults"
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--turns"; "0" |])) "--turns" "0 turns refused"
+            }
+            test "--text-pretrain-steps, --align-steps and --decoder-lr set LLaVA's stages; by default both extra stages are skipped" {
+                let r = parse [| "--out"; "x"; "--text-pretrain-steps"; "2000"; "--align-steps"; "600"; "--decoder-lr"; "5e-4" |]
+                Expect.equal (r.TextPretrain.Steps, r.Align.Steps, r.Decoder.PeakLr) (2000, 600, 5e-4) "set"
+                let d = parse [| "--out"; "x" |]
+                Expect.equal (d.TextPretrain.Steps, d.Align.Steps, d.Decoder.PeakLr) (0, 0, BaseModel.defaults.Decoder.PeakLr) "defaults"
+                Expect.equal d BaseModel.defaults "no option: the committed recipe"
+                Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--align-steps"; "-1" |])) "--align-steps" "negative refused"
+                Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--decoder-lr"; "0" |])) "--decoder-lr" "0 refused"
             }
             test "heads that do not divide the width are refused, naming the option" {
                 let e = Expect.throwsC (fun () -> parse [| "--out"; "x"; "--text-heads"; "3" |] |> ignore) id

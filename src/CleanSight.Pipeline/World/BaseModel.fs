@@ -36,6 +36,12 @@ type Recipe =
       Turns: int
       /// how linear_1 of the projector is parametrised while it trains (the checkpoint is the same format)
       ProjectorCoordinates: WhitenedProjector.Coordinates
+      /// LLaVA's language side comes pre-trained: the decoder alone as a language model on the general
+      /// text before it sees an image (0 steps = skipped; the committed base skips it)
+      TextPretrain: Training.Schedule
+      /// LLaVA's stage 1 (feature alignment): the projector alone on captions, decoder frozen
+      /// (0 steps = skipped; the committed base skips it)
+      Align: Training.Schedule
       Decoder: Training.Schedule
       /// every n-th decoder step trains on general text instead of image questions
       TextEvery: int
@@ -52,6 +58,8 @@ let defaults =
       TrainScenes = 6000
       Turns = 1
       ProjectorCoordinates = WhitenedProjector.Raw
+      TextPretrain = { Steps = 0; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 3L }
+      Align = { Steps = 0; PeakLr = 1e-3; WarmupSteps = 30; WeightDecay = 0.0; BatchSize = 48; Seed = 4L }
       Decoder = { Steps = 2200; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
       TextEvery = 6
       TextSentences = 20000
@@ -93,6 +101,12 @@ let imageExamples (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaC
            if rng.NextDouble() < recipe.CaptionShare then
                yield questionExample tok cfg pixels.[i] captionPrompts.[rng.Next captionPrompts.Length] (Scenes.caption scene) |]
 
+/// LLaVA's feature-alignment data: one caption of each scene, asked with one of the trained caption requests.
+let alignmentExamples (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoints.LlavaConfig) (recipe: Recipe) (pixels: float32[][]) =
+    let rng = Random(int recipe.Seed + 1)
+    pixels |> Array.mapi (fun i px ->
+        questionExample tok cfg px captionPrompts.[rng.Next captionPrompts.Length] (Scenes.caption (Scenes.generate Splits.baseTrain i)))
+
 /// A deterministic stream of batches: a fresh seeded shuffle of the examples per epoch.
 let batches (seed: int) (batchSize: int) (examples: 'a[]) =
     let epoch = Collections.Generic.Dictionary<int, int[]>()
@@ -126,6 +140,21 @@ let pretrainVision (recipe: Recipe) (model: LlavaForConditionalGeneration) (repo
               Sizes = Scenes.patchSizesBy recipe.PatchLabelling sizes.ImageSize sizes.PatchSize scene })
     VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) recipe.VisionReconstruction patch recipe.Vision report
 
+/// Trains only the parameters whose names start with `prefix` on shuffled batches of `examples`; the per-step losses.
+let private trainOnly (prefix: string) (schedule: Training.Schedule) (model: LlavaForConditionalGeneration)
+                      (collate: Training.Example[] -> Training.Batch) (examples: Training.Example[]) report =
+    let next = batches (int schedule.Seed) schedule.BatchSize examples
+    let parameters = Training.trainableParameters model (fun n -> n.StartsWith prefix)
+    Training.train schedule parameters (next >> collate) (Training.lmLoss model) report
+
+/// Stage (1b), optional: the decoder alone (embeddings, layers, head) as a language model on text examples.
+let pretrainText schedule model collate (textExamples: Training.Example[]) report =
+    trainOnly "language_model." schedule model collate textExamples report
+
+/// Stage (1c), optional — LLaVA's feature alignment: the projector alone on caption examples, decoder frozen.
+let alignProjector schedule model collate (captionExamples: Training.Example[]) report =
+    trainOnly "multi_modal_projector." schedule model collate captionExamples report
+
 /// Trains the base model from scratch; `log` receives progress lines.
 let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     let sizes = recipe.Sizes
@@ -139,15 +168,25 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     // (1) the vision encoder on dense patch labels
     pretrainVision recipe model (report "vision" recipe.Vision 25) |> ignore
 
-    // (2) projector + decoder, vision frozen
     let tok = LlavaTokenizer.Load(tokenizerDir, cfg.ImageTokenIndex)
-    let pixels = scenePixels sizes Splits.baseTrain (Array.init recipe.TrainScenes id)
-    let imageData = imageExamples tok cfg recipe pixels
     let textData = GeneralText.corpus (int recipe.Seed) recipe.TextSentences |> Array.map (fun s -> Training.text (tok.Encode(s, true)))
+    let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
+
+    // (1b) optionally, as LLaVA's language model comes: the decoder alone on general text
+    if recipe.TextPretrain.Steps > 0 then
+        pretrainText recipe.TextPretrain model collate textData (report "text" recipe.TextPretrain 100) |> ignore
+
+    let pixels = scenePixels sizes Splits.baseTrain (Array.init recipe.TrainScenes id)
+
+    // (1c) optionally, LLaVA's stage 1: the projector alone learns to caption, decoder frozen
+    if recipe.Align.Steps > 0 then
+        alignProjector recipe.Align model collate (alignmentExamples tok cfg recipe pixels) (report "align" recipe.Align 50) |> ignore
+
+    // (2) projector + decoder, vision frozen
+    let imageData = imageExamples tok cfg recipe pixels
     log $"decoder data: {imageData.Length} image questions, {textData.Length} sentences"
     let nextImage = batches 1 recipe.Decoder.BatchSize imageData
     let nextText = batches 2 recipe.Decoder.BatchSize textData
-    let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
     let batchAt step = if step % recipe.TextEvery = recipe.TextEvery - 1 then collate (nextText step) else collate (nextImage step)
     // (parameters, image features of a batch, what to do after training) per parametrisation of linear_1
     let parameters, imageFeatures, finish =
