@@ -67,9 +67,9 @@ type TrainBaseArgs =
             | Turns _ -> "questions per training conversation about one image (1 = one question per example)"
             | Decoder_Batch _ -> "examples (conversations or sentences) per decoder step"
             | Whiten_Projector -> "train the projector's first layer in whitened ViT-feature coordinates (folded back on save)"
-            | Text_Pretrain_Steps _ -> "first train the decoder alone as a language model on the general text, as LLaVA's comes pre-trained (default 0: skipped)"
-            | Align_Steps _ -> "then LLaVA's stage 1: the projector alone on captions, decoder frozen (default 0: skipped)"
-            | Decoder_Lr _ -> "peak learning rate of the projector + decoder stage (default 1e-3)"
+            | Text_Pretrain_Steps _ -> "first train the decoder alone as a language model on the general text, as LLaVA's comes pre-trained (default 2000; 0 skips it)"
+            | Align_Steps _ -> "then LLaVA's stage 1: the projector alone on captions, decoder frozen (default 600; 0 skips it)"
+            | Decoder_Lr _ -> "peak learning rate of the projector + decoder stage (default 5e-4)"
             | No_Progress -> "no progress output"
 
 type AttackArgs =

@@ -30,6 +30,26 @@ let private row (layer: int) (heads: int) (keys: int) (w: int -> int -> float32)
 [<Tests>]
 let tests =
     testList "analysis frames" [
+        testList "attention partition" [
+            test "partitionOf splits each layer's last-token attention into BOS, text before, image, text after (mean over heads)" {
+                // positions 0..5, image at 2..3; head 0 spreads, head 1 splits BOS / one image token
+                let w0 = [| 0.1f; 0.1f; 0.2f; 0.2f; 0.2f; 0.2f |]
+                let w1 = [| 0.5f; 0.0f; 0.0f; 0.5f; 0.0f; 0.0f |]
+                let layer l = row l 2 6 (fun h j -> if h = 0 then w0.[j] else w1.[j])
+                let observed: AttentionStealing.Observed = { Rows = [| layer 0; layer 1 |]; First = 2L; Last = 3L }
+                let parts = AttentionStealing.partitionOf observed
+                Expect.equal parts.Length 2 "one per observed layer"
+                let p = parts.[0]
+                close 1e-6 p.Bos 0.30 "BOS"
+                close 1e-6 p.Before 0.05 "text before the image"
+                close 1e-6 p.Image 0.45 "image"
+                close 1e-6 p.After 0.20 "text after the image"
+                close 1e-6 (p.Bos + p.Before + p.Image + p.After) 1.0 "adds up to 1"
+                let mean = AttentionStealing.meanPartition [| parts; [| { p with Image = 0.25 }; p |] |]
+                close 1e-6 mean.[0].Image 0.35 "mean over inputs"
+                close 1e-6 mean.[1].Image 0.45 "per layer"
+            }
+        ]
         testList "head deviation (chart 2)" [
             test "a triggered shift of k σ in one layer and head reads k there and about 0 elsewhere" {
                 let layers, heads = [| 0; 1; 2 |], 2

@@ -351,12 +351,12 @@ let tests =
                 Expect.equal (d.Turns, d.Decoder.BatchSize, d.ProjectorCoordinates) (BaseModel.defaults.Turns, BaseModel.defaults.Decoder.BatchSize, BaseModel.defaults.ProjectorCoordinates) "defaults"
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--turns"; "0" |])) "--turns" "0 turns refused"
             }
-            test "--text-pretrain-steps, --align-steps and --decoder-lr set LLaVA's stages; by default both extra stages are skipped" {
-                let r = parse [| "--out"; "x"; "--text-pretrain-steps"; "2000"; "--align-steps"; "600"; "--decoder-lr"; "5e-4" |]
-                Expect.equal (r.TextPretrain.Steps, r.Align.Steps, r.Decoder.PeakLr) (2000, 600, 5e-4) "set"
+            test "--text-pretrain-steps, --align-steps and --decoder-lr set LLaVA's stages (0 skips one); without them the defaults" {
+                let r = parse [| "--out"; "x"; "--text-pretrain-steps"; "0"; "--align-steps"; "0"; "--decoder-lr"; "1e-3" |]
+                Expect.equal (r.TextPretrain.Steps, r.Align.Steps, r.Decoder.PeakLr) (0, 0, 1e-3) "set (the previous base's recipe)"
                 let d = parse [| "--out"; "x" |]
-                Expect.equal (d.TextPretrain.Steps, d.Align.Steps, d.Decoder.PeakLr) (0, 0, BaseModel.defaults.Decoder.PeakLr) "defaults"
                 Expect.equal d BaseModel.defaults "no option: the committed recipe"
+                Expect.isGreaterThan d.TextPretrain.Steps 0 "the committed base pre-trains its decoder on text"
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--align-steps"; "-1" |])) "--align-steps" "negative refused"
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--decoder-lr"; "0" |])) "--decoder-lr" "0 refused"
             }

@@ -28,6 +28,29 @@ let sumsOf (o: Observed) =
 /// One input's per-layer, per-head (visual, prompt) attention sums of the last prompt token.
 let sums (session: LlavaSession) (image: RgbImage) (question: string) = sumsOf (observe session image question)
 
+/// Where the last prompt token's attention goes at one layer, mean over heads: BOS, the text between
+/// BOS and the image, the image, the text after it (the four add up to 1).
+type Partition = { Bos: float; Before: float; Image: float; After: float }
+
+/// Per layer, the partition of an observed input's last-prompt-token attention.
+let partitionOf (o: Observed) =
+    [| for row in o.Rows ->
+           let part = Array.zeroCreate<float> 4
+           for h in 0 .. row.Heads - 1 do
+               for j in 0 .. row.Keys - 1 do
+                   let p = row.KeyPositions.[j]
+                   let k = if p = 0L then 0 elif p < o.First then 1 elif p <= o.Last then 2 else 3
+                   part.[k] <- part.[k] + float row.[h, j] / float row.Heads
+           { Bos = part.[0]; Before = part.[1]; Image = part.[2]; After = part.[3] } |] // [layers]
+
+/// Per layer, the mean partition over inputs (each input: `partitionOf`).
+let meanPartition (perInput: Partition[][]) =
+    let layers = perInput.[0].Length
+    let mean f l = perInput |> Array.averageBy (fun input -> f input.[l])
+    Array.init layers (fun l ->
+        { Bos = mean (fun p -> p.Bos) l; Before = mean (fun p -> p.Before) l
+          Image = mean (fun p -> p.Image) l; After = mean (fun p -> p.After) l })
+
 /// The detector's feature at layers `ls` (in that order, all heads) from one input's sums.
 let featuresAt (feature: CleanSight.Pipeline.Defense.Whitening.Feature) (ls: int[]) (sums: (float * float)[][]) =
     ls |> Array.collect (fun l -> sums.[l] |> Array.map (fun (v, p) -> CleanSight.Pipeline.Defense.Whitening.featureOf feature v p))
@@ -73,6 +96,15 @@ let toFrame (rows: Row list) =
         i, series [ Columns.attack => box r.Attack; Columns.condition => box r.Condition; Columns.layer => box r.Layer
                     Columns.meanRatio => box r.MeanRatio; Columns.medianRatio => box r.MedianRatio
                     Columns.visualShare => box r.VisualShare; Columns.samples => box r.Samples ])
+    |> Frame.ofRows
+
+/// The partition frame: one row per (model, condition, layer).
+let partitionFrame (rows: (string * string * Partition[]) list) =
+    [ for model, condition, byLayer in rows do
+          for l, p in Array.indexed byLayer ->
+              series [ "model" => box model; Columns.condition => box condition; Columns.layer => box l
+                       "bos" => box p.Bos; "text_before_image" => box p.Before; "image" => box p.Image; "text_after_image" => box p.After ] ]
+    |> List.mapi (fun i s -> i, s)
     |> Frame.ofRows
 
 /// One panel per attack: median visual/prompt ratio by layer, clean vs triggered (log scale), with

@@ -1,7 +1,9 @@
 /// The clean base model of the tiny world, trained the way LLaVA is built: (1) pre-train the vision
-/// encoder (dense patch labels), freeze it; (2) train projector + decoder on VQA / caption answers,
-/// interleaved with general text so the decoder can say ordinary sentences (the target's words among
-/// them). Seeded and deterministic on a given machine; written as a llava-hf checkpoint folder.
+/// encoder (dense patch labels), freeze it; pre-train the decoder alone as a language model on general
+/// text (the target's words among many others), as LLaVA's LLM comes; align the projector alone on
+/// captions (LLaVA's stage 1); (2) train projector + decoder on VQA / caption answers, still
+/// interleaved with general text. Seeded and deterministic on a given machine; written as a llava-hf
+/// checkpoint folder.
 module CleanSight.Pipeline.World.BaseModel
 
 open System
@@ -37,10 +39,10 @@ type Recipe =
       /// how linear_1 of the projector is parametrised while it trains (the checkpoint is the same format)
       ProjectorCoordinates: WhitenedProjector.Coordinates
       /// LLaVA's language side comes pre-trained: the decoder alone as a language model on the general
-      /// text before it sees an image (0 steps = skipped; the committed base skips it)
+      /// text before it sees an image (0 steps = skipped)
       TextPretrain: Training.Schedule
       /// LLaVA's stage 1 (feature alignment): the projector alone on captions, decoder frozen
-      /// (0 steps = skipped; the committed base skips it)
+      /// (0 steps = skipped)
       Align: Training.Schedule
       Decoder: Training.Schedule
       /// every n-th decoder step trains on general text instead of image questions
@@ -58,9 +60,9 @@ let defaults =
       TrainScenes = 6000
       Turns = 1
       ProjectorCoordinates = WhitenedProjector.Raw
-      TextPretrain = { Steps = 0; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 3L }
-      Align = { Steps = 0; PeakLr = 1e-3; WarmupSteps = 30; WeightDecay = 0.0; BatchSize = 48; Seed = 4L }
-      Decoder = { Steps = 2200; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
+      TextPretrain = { Steps = 2000; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 3L }
+      Align = { Steps = 600; PeakLr = 1e-3; WarmupSteps = 30; WeightDecay = 0.0; BatchSize = 48; Seed = 4L }
+      Decoder = { Steps = 2200; PeakLr = 5e-4; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
       TextEvery = 6
       TextSentences = 20000
       CaptionShare = 0.15 }
@@ -147,11 +149,11 @@ let private trainOnly (prefix: string) (schedule: Training.Schedule) (model: Lla
     let parameters = Training.trainableParameters model (fun n -> n.StartsWith prefix)
     Training.train schedule parameters (next >> collate) (Training.lmLoss model) report
 
-/// Stage (1b), optional: the decoder alone (embeddings, layers, head) as a language model on text examples.
+/// Stage (1b): the decoder alone (embeddings, layers, head) as a language model on text examples.
 let pretrainText schedule model collate (textExamples: Training.Example[]) report =
     trainOnly "language_model." schedule model collate textExamples report
 
-/// Stage (1c), optional — LLaVA's feature alignment: the projector alone on caption examples, decoder frozen.
+/// Stage (1c), LLaVA's feature alignment: the projector alone on caption examples, decoder frozen.
 let alignProjector schedule model collate (captionExamples: Training.Example[]) report =
     trainOnly "multi_modal_projector." schedule model collate captionExamples report
 
@@ -172,13 +174,13 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     let textData = GeneralText.corpus (int recipe.Seed) recipe.TextSentences |> Array.map (fun s -> Training.text (tok.Encode(s, true)))
     let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
 
-    // (1b) optionally, as LLaVA's language model comes: the decoder alone on general text
+    // (1b) as LLaVA's language model comes: the decoder alone on general text
     if recipe.TextPretrain.Steps > 0 then
         pretrainText recipe.TextPretrain model collate textData (report "text" recipe.TextPretrain 100) |> ignore
 
     let pixels = scenePixels sizes Splits.baseTrain (Array.init recipe.TrainScenes id)
 
-    // (1c) optionally, LLaVA's stage 1: the projector alone learns to caption, decoder frozen
+    // (1c) LLaVA's stage 1: the projector alone learns to caption, decoder frozen
     if recipe.Align.Steps > 0 then
         alignProjector recipe.Align model collate (alignmentExamples tok cfg recipe pixels) (report "align" recipe.Align 50) |> ignore
 

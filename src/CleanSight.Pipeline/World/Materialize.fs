@@ -42,10 +42,13 @@ let run (world: string) (out: string) (calibrationCount: int) (testCount: int) (
         Dataset.write jsonl items
         log $"{name}: {items.Length} items → {jsonl}"
         jsonl, items
+    // calibration asks what the test asks (captions at the same share): a threshold set on VQA prompts
+    // alone flags every caption request (measured: 13 of 13 at layer 0)
+    let captionShare = 0.1
     let calibration, _ =
-        split "calibration" { Seed = BaseModel.Splits.calibration; Size = size; CaptionShare = 0.0; Prefix = "cal-" } calibrationCount
+        split "calibration" { Seed = BaseModel.Splits.calibration; Size = size; CaptionShare = captionShare; Prefix = "cal-" } calibrationCount
     let cleanTest, testItems =
-        split "clean_test" { Seed = BaseModel.Splits.cleanTest; Size = size; CaptionShare = 0.1; Prefix = "test-" } testCount
+        split "clean_test" { Seed = BaseModel.Splits.cleanTest; Size = size; CaptionShare = captionShare; Prefix = "test-" } testCount
     let attacks =
         [| for attack in Attacks.all Attacks.defaultTarget do
                // The same test images with the trigger: paired clean/triggered versions, clean answers kept.
