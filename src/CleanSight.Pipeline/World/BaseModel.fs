@@ -1,7 +1,7 @@
 /// The clean base model of the tiny world, trained the way LLaVA is built: (1) pre-train the vision
-/// encoder (dense patch labels), freeze it; pre-train the decoder alone as a language model on general
-/// text (the target's words among many others), as LLaVA's LLM comes; align the projector alone on
-/// captions (LLaVA's stage 1); (2) train projector + decoder on VQA / caption answers, still
+/// encoder (dense patch labels), freeze it; (2) pre-train the decoder alone as a language model on
+/// general text (the target's words among many others), as LLaVA's LLM comes; (3) align the projector
+/// alone on captions (LLaVA's stage 1); (4) train projector + decoder on VQA / caption answers, still
 /// interleaved with general text. Seeded and deterministic on a given machine; written as a llava-hf
 /// checkpoint folder.
 module CleanSight.Pipeline.World.BaseModel
@@ -149,11 +149,11 @@ let private trainOnly (prefix: string) (schedule: Training.Schedule) (model: Lla
     let parameters = Training.trainableParameters model (fun n -> n.StartsWith prefix)
     Training.train schedule parameters (next >> collate) (Training.lmLoss model) report
 
-/// Stage (1b): the decoder alone (embeddings, layers, head) as a language model on text examples.
+/// Stage (2): the decoder alone (embeddings, layers, head) as a language model on text examples.
 let pretrainText schedule model collate (textExamples: Training.Example[]) report =
     trainOnly "language_model." schedule model collate textExamples report
 
-/// Stage (1c), LLaVA's feature alignment: the projector alone on caption examples, decoder frozen.
+/// Stage (3), LLaVA's feature alignment: the projector alone on caption examples, decoder frozen.
 let alignProjector schedule model collate (captionExamples: Training.Example[]) report =
     trainOnly "multi_modal_projector." schedule model collate captionExamples report
 
@@ -174,17 +174,17 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     let textData = GeneralText.corpus (int recipe.Seed) recipe.TextSentences |> Array.map (fun s -> Training.text (tok.Encode(s, true)))
     let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
 
-    // (1b) as LLaVA's language model comes: the decoder alone on general text
+    // (2) as LLaVA's language model comes: the decoder alone on general text
     if recipe.TextPretrain.Steps > 0 then
         pretrainText recipe.TextPretrain model collate textData (report "text" recipe.TextPretrain 100) |> ignore
 
     let pixels = scenePixels sizes Splits.baseTrain (Array.init recipe.TrainScenes id)
 
-    // (1c) LLaVA's stage 1: the projector alone learns to caption, decoder frozen
+    // (3) LLaVA's stage 1: the projector alone learns to caption, decoder frozen
     if recipe.Align.Steps > 0 then
         alignProjector recipe.Align model collate (alignmentExamples tok cfg recipe pixels) (report "align" recipe.Align 50) |> ignore
 
-    // (2) projector + decoder, vision frozen
+    // (4) projector + decoder, vision frozen
     let imageData = imageExamples tok cfg recipe pixels
     log $"decoder data: {imageData.Length} image questions, {textData.Length} sentences"
     let nextImage = batches 1 recipe.Decoder.BatchSize imageData
