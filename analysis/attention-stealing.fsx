@@ -31,11 +31,11 @@ let inputs =
            Scenes.render size scene, qa.Question |]
 
 let observeAll (session: LlavaSession) f = inputs |> Array.map (fun (image, q) -> AttentionStealing.observe session (f image) q)
-let partitionOf (observed: AttentionStealing.Observed[]) = observed |> Array.map AttentionStealing.partitionOf |> AttentionStealing.meanPartition
+let meanPartitionOf (observed: AttentionStealing.Observed[]) = observed |> Array.map AttentionStealing.partitionOf |> AttentionStealing.meanPartition
 
 let basePartition =
     use session = LlavaSession.Load(Path.Combine(world, "base"))
-    "base", "clean", partitionOf (observeAll session id)
+    "base", "clean", meanPartitionOf (observeAll session id)
 
 let measured =
     [ for attack in Attacks.all Attacks.defaultTarget do
@@ -56,8 +56,8 @@ AttentionStealing.save out rows (Detector.defaultLayers (Materialize.textLayers 
 
 let partition =
     basePartition :: [ for name, clean, triggered in measured do
-                           yield name, "clean", partitionOf clean
-                           yield name, "triggered", partitionOf triggered ]
+                           yield name, "clean", meanPartitionOf clean
+                           yield name, "triggered", meanPartitionOf triggered ]
     |> AttentionStealing.partitionFrame
 partition |> CleanSight.Pipeline.Files.saveCsv (Path.Combine(out, "attention-partition.csv"))
 partition.Print()

@@ -68,6 +68,11 @@ let private logits (model: LlavaForConditionalGeneration) (session: LlavaSession
     prefilled.Cache.Dispose()
     prefilled.Logits
 
+/// The committed world's config and tokenizer (loaded once, when a test first needs it).
+let private worldConfig = TinyLlava.config TinyLlava.defaults
+let private worldTokenizer =
+    lazy (CleanSight.Core.Text.LlavaTokenizer.Load(Path.Combine(Fixtures.root, "world", "base"), worldConfig.ImageTokenIndex))
+
 let private inputError (f: unit -> 'a) =
     try f () |> ignore; failtest "expected an InputError"
     with :? InputError as e -> e.Message
@@ -220,8 +225,7 @@ let tests =
                 Expect.equal changed ([ for struct (n, _) in model.named_parameters () do if isProjector n then yield n ] |> List.sort) "exactly the projector"
             }
             test "alignmentExamples: one per scene, the scene's caption asked with a trained caption request" {
-                let cfg = TinyLlava.config TinyLlava.defaults
-                let tok = CleanSight.Core.Text.LlavaTokenizer.Load(Path.Combine(Fixtures.root, "world", "base"), cfg.ImageTokenIndex)
+                let cfg, tok = worldConfig, worldTokenizer.Value
                 let pixels = Array.init 5 (fun i -> [| float32 i |])
                 let items = BaseModel.alignmentExamples tok cfg BaseModel.defaults pixels
                 Expect.equal items.Length 5 "one per scene"
@@ -368,8 +372,7 @@ let tests =
         ]
 
         testList "attack data" [
-            let cfg = TinyLlava.config TinyLlava.defaults
-            let tok = lazy (CleanSight.Core.Text.LlavaTokenizer.Load(Path.Combine(Fixtures.root, "world", "base"), cfg.ImageTokenIndex))
+            let cfg, tok = worldConfig, worldTokenizer
             let pre = BaseModel.preprocessor TinyLlava.defaults
             let itemsOf name =
                 let attack = Attacks.all Attacks.defaultTarget |> List.find (fun a -> a.Name = name)

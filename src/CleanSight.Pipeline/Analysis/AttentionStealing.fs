@@ -71,6 +71,11 @@ module Columns =
     let medianRatio = "median_ratio"
     let visualShare = "visual_share"
     let samples = "samples"
+    let model = "model"
+    let bos = "bos"
+    let textBeforeImage = "text_before_image"
+    let image = "image"
+    let textAfterImage = "text_after_image"
 
 type Row = { Attack: string; Condition: string; Layer: int; MeanRatio: float; MedianRatio: float; VisualShare: float; Samples: int }
 
@@ -102,8 +107,9 @@ let toFrame (rows: Row list) =
 let partitionFrame (rows: (string * string * Partition[]) list) =
     [ for model, condition, byLayer in rows do
           for l, p in Array.indexed byLayer ->
-              series [ "model" => box model; Columns.condition => box condition; Columns.layer => box l
-                       "bos" => box p.Bos; "text_before_image" => box p.Before; "image" => box p.Image; "text_after_image" => box p.After ] ]
+              series [ Columns.model => box model; Columns.condition => box condition; Columns.layer => box l
+                       Columns.bos => box p.Bos; Columns.textBeforeImage => box p.Before
+                       Columns.image => box p.Image; Columns.textAfterImage => box p.After ] ]
     |> List.mapi (fun i s -> i, s)
     |> Frame.ofRows
 
