@@ -103,6 +103,7 @@ type CalibrateArgs =
     | Tau of value: float
     | Tau_Relative of ratio: float
     | Samples of n: int
+    | Pooled_Reference
     | Seed of n: int
     | No_Progress
     interface IArgParserTemplate with
@@ -112,6 +113,7 @@ type CalibrateArgs =
             | Adapter _ -> "projector adapter overlaid on the model"
             | Data _ -> "clean samples (dataset JSONL)"
             | Out _ -> "calibration file to write"
+            | Pooled_Reference -> "one clean reference for every task (default: one per task with ≥ 10 samples, e.g. VQA and captions)"
             | Layers _ -> "detection layers, 0-indexed, e.g. 2,3,4 (default: 3 layers at the paper's relative depth)"
             | Whitening _ -> "diagonal (default, the paper's code) or full (Ledoit-Wolf shrinkage)"
             | Fpr _ -> "target clean false-positive rate (default 0.01 = the 0.99 quantile)"
@@ -158,6 +160,7 @@ type DemoArgs =
     | Test of n: int
     | Calibration of n: int
     | Layers of csv: string
+    | Pooled_Reference
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
@@ -166,6 +169,7 @@ type DemoArgs =
             | Test _ -> "test samples per set (default 100)"
             | Calibration _ -> "clean calibration samples per attack (default 200)"
             | Layers _ -> "CleanSight's detection layers, 0-indexed, e.g. 0 (default: 3 layers at the paper's relative depth)"
+            | Pooled_Reference -> "calibrate one clean reference for every task (default: one per task)"
             | No_Progress -> "no progress output"
 
 type BenchArgs =

@@ -46,10 +46,11 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let seed = args.GetResult(CalibrateArgs.Seed, 0)
         let settings =
             { d with Layers = layers; Whitening = whitening; Quantile = 1.0 - args.GetResult(CalibrateArgs.Fpr, 0.01)
-                     Feature = Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")); Tau = tau; Seed = seed }
+                     Feature = Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")); Tau = tau; Seed = seed
+                     References = if args.Contains CalibrateArgs.Pooled_Reference then Calibration.Pooled else Calibration.PerTask }
         let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples) items
         if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
-        let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question)
+        let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question, it.Task)
         let calibration = Calibration.calibrate session settings samples (Progress.counter progress "calibrate")
         let p = calibration.Reference.Dimension
         if chosen.Length <= p then
@@ -58,6 +59,8 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         Calibration.save out calibration
         printfn "%s: %d samples, layers %s, %s whitening, threshold %.4g (clean quantile %.3g)"
             out calibration.Samples (String.Join(",", layers)) (Calibration.whiteningName whitening) calibration.Threshold settings.Quantile
+        for KeyValue(task, t) in calibration.Tasks do
+            printfn "  %s: own reference on %d samples, threshold %.4g" (Dataset.taskName task) t.Samples t.Threshold
         0)
 
 let evaluate (args: ParseResults<EvaluateArgs>) =

@@ -39,11 +39,13 @@ type Settings =
       /// CleanSight's detection layers (purification and the uniform baseline from the last);
       /// None: the paper's relative depth for the world's decoder (`Detector.defaultLayers`)
       Layers: int[] option
+      /// one clean reference for every task (`Calibration.Pooled`); false: one per task
+      PooledReference: bool
       Seed: int }
 
 let defaults out =
     { Out = out; Calibration = 200; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
-      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; Seed = 0 }
+      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; PooledReference = false; Seed = 0 }
 
 /// SHA-256 of the settings as JSON, all but the output folder (it changes no result).
 let configHash (s: Settings) =
@@ -108,7 +110,7 @@ let private sampleViews (s: Settings) (calibration: Calibration.Calibration) (re
              Attention = SampleView.tokenAttention row o.First o.Last
              Tau = Detector.tauValue calibration.Settings.Tau row.Keys
              AboveTau = [| for p in o.First .. o.Last -> omega.Contains p |]
-             Distance = r.Distance; Threshold = calibration.Threshold; Flagged = r.Flagged
+             Distance = r.Distance; Threshold = (Calibration.detection calibration item.Task).Threshold; Flagged = r.Flagged
              Answers =
                [ for d in Defenses.all do
                      match records |> Array.tryFind (fun x -> x.Split = "poisoned" && x.Id = item.Id && x.Defense = Defenses.name d) with
@@ -141,14 +143,17 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     use session = LlavaSession.Load(manifest.model, adapter = attack.adapter)
     let layers = [| 0 .. session.Config.Text.NumHiddenLayers - 1 |]
     let d = Calibration.defaultSettings layers.Length
-    let settings = { d with Layers = defaultArg s.Layers d.Layers; Seed = s.Seed }
+    let settings =
+        { d with Layers = defaultArg s.Layers d.Layers; Seed = s.Seed
+                 References = if s.PooledReference then Calibration.Pooled else Calibration.PerTask }
     // calibration, recording every layer in the same prefills (the clean reference of chart 2)
     let calItems = Dataset.read manifest.calibration |> Array.truncate s.Calibration
-    let samples = calItems |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath manifest.calibration it), it.Question)
+    let samples = calItems |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath manifest.calibration it), it.Question, it.Task)
     let calibration, measured =
         Calibration.calibrateRecording session settings layers samples (Progress.counter p $"{attack.name}: calibrate")
     Calibration.save (Path.Combine(s.Out, "calibration", attack.name + ".json")) calibration
-    p.Log $"{attack.name}: calibrated on {calibration.Samples} clean samples, threshold {calibration.Threshold:F3}"
+    let perTask = [ for KeyValue(t, r) in calibration.Tasks -> $"; {Dataset.taskName t}: {r.Samples} samples, threshold {r.Threshold:F3}" ]
+    p.Log (sprintf "%s: calibrated on %d clean samples, threshold %.3f%s" attack.name calibration.Samples calibration.Threshold (String.concat "" perTask))
     let evalSettings: Evaluation.Settings =
         { Defenses = Defenses.all; Target = attack.target; MaxNewTokens = 32; Limit = Some s.Test; Seed = s.Seed }
     let folder = Path.Combine(s.Out, "eval", attack.name)
@@ -176,9 +181,11 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
             (HeadDeviation.featuresOf settings.Feature (measured |> Array.map snd)) (HeadDeviation.featuresOf settings.Feature triggeredSums)
     let views = sampleViews s calibration records attack.name triggeredInputs triggeredObserved
     let distances split =
-        records |> Array.filter (fun r -> r.Defense = "cleansight" && r.Split = split) |> Array.choose (fun r -> r.Distance |> Option.map (fun d -> r.Id, d))
-    let detection: Detection.Distances =
-        { Attack = attack.name; Threshold = calibration.Threshold; Clean = distances "clean"; Triggered = distances "poisoned" }
+        records |> Array.filter (fun r -> r.Defense = "cleansight" && r.Split = split) |> Array.choose (fun r ->
+            r.Distance |> Option.map (fun d ->
+                let task = Dataset.tryParseTask r.Task |> Option.get // written from a Dataset.Task
+                ({ Id = r.Id; Task = r.Task; Distance = d; Threshold = (Calibration.detection calibration task).Threshold }: Detection.Scored)))
+    let detection: Detection.Distances = { Attack = attack.name; Clean = distances "clean"; Triggered = distances "poisoned" }
     let tau = tauAblation s p session calibration evalSettings manifest attack records
     let sampleCount =
         Ablations.sampleCount attack.name settings.Whitening settings.Quantile (measured |> Array.map fst) s.SampleSizes s.SampleRepeats s.Seed

@@ -150,7 +150,7 @@ let runOne (session: LlavaSession) (calibration: Calibration.Calibration) (setti
     let image = RgbImage.Load(Dataset.imagePath jsonl item) |> Defenses.transform defense
     let ids = session.Prompt(item.Question).InputIds |> Array.map int64
     let first, last = Calibration.imageSpan session ids
-    let policy, outcome = Defenses.policy defense calibration first last (settings.Seed * 1_000_003 + index)
+    let policy, outcome = Defenses.policy defense calibration item.Task first last (settings.Seed * 1_000_003 + index)
     let generation = Generator.Greedy(session.Model, ids, session.Pixels image, settings.MaxNewTokens, policy)
     let output = session.Decode generation.OutputIds
     let o = outcome ()

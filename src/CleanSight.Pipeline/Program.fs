@@ -29,7 +29,7 @@ let main argv =
                     | Ok layers -> layers
                     | Error problem -> raise (InputError("--layers", problem)))
             let s = { d with Test = args.GetResult(DemoArgs.Test, d.Test); Calibration = args.GetResult(DemoArgs.Calibration, d.Calibration)
-                             Layers = layers }
+                             Layers = layers; PooledReference = args.Contains DemoArgs.Pooled_Reference }
             if s.Test < 1 then raise (InputError("--test", $"must be at least 1, got {s.Test}"))
             if s.Calibration < 2 then raise (InputError("--calibration", $"calibration needs at least 2 clean samples, got {s.Calibration}"))
             Progress.run (Progress.mode (args.Contains DemoArgs.No_Progress)) "demo" (Demo.run s) |> ignore

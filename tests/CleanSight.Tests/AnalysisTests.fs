@@ -121,9 +121,10 @@ let tests =
             }
         ]
         testList "detection (chart 4)" [
+            let scored threshold (xs: (string * float)[]) =
+                xs |> Array.map (fun (id, d) -> ({ Id = id; Task = "vqa"; Distance = d; Threshold = threshold }: Detection.Scored))
             let d: Detection.Distances =
-                { Attack = "badnet"; Threshold = 1.5
-                  Clean = [| "a", 0.5; "b", 1.0; "c", 2.0 |]; Triggered = [| "a", 1.8; "b", 3.0 |] }
+                { Attack = "badnet"; Clean = scored 1.5 [| "a", 0.5; "b", 1.0; "c", 2.0 |]; Triggered = scored 1.5 [| "a", 1.8; "b", 3.0 |] }
             test "ROC frame: from (0, 0) to (1, 1), with the attack's AUROC" {
                 let f = Detection.rocFrame [ d ]
                 let fpr = f.GetColumn<float>("fpr") |> Series.values |> Array.ofSeq
@@ -138,6 +139,14 @@ let tests =
                 let f = Detection.distancesFrame [ d ]
                 Expect.equal f.RowCount 5 "3 clean + 2 triggered"
                 Expect.equal (f.GetColumn<bool>("flagged") |> Series.values |> List.ofSeq) [ false; false; true; true; true ] "flags"
+            }
+            test "distances frame: each input against its own task's γ" {
+                let caption = ({ Id = "c"; Task = "caption"; Distance = 2.0; Threshold = 2.5 }: Detection.Scored)
+                let f = Detection.distancesFrame [ { d with Clean = Array.append d.Clean [| caption |] } ]
+                Expect.equal (f.GetColumn<bool>("flagged") |> Series.values |> List.ofSeq) [ false; false; true; false; true; true ]
+                    "2.0 flagged against the question γ 1.5, not against the caption γ 2.5"
+                Expect.equal (f.GetColumn<string>("task") |> Series.values |> List.ofSeq |> List.distinct) [ "vqa"; "caption" ] "task column"
+                Expect.equal (f.GetColumn<float>("threshold").[3]) 2.5 "the caption's γ"
             }
             test "an attack without distances has no ROC" {
                 Expect.equal (Detection.rocFrame [ { d with Triggered = [||] } ]).RowCount 0 "no rows"

@@ -19,8 +19,18 @@ let private session = lazy (LlavaSession.Load Fixtures.tinyLlava)
 let private questions =
     [| "What is in the picture?"; "How many shapes are there?"; "What colour is the circle?"; "Is there a red square?" |]
 
-/// n clean (image, question) samples at 56 px (the fixture's size).
-let private samples n = [| for i in 0 .. n - 1 -> Scenes.render 56 (Scenes.generate 1 i), questions.[i % questions.Length] |]
+/// n clean (image, question, task) VQA samples at 56 px (the fixture's size).
+let private samples n = [| for i in 0 .. n - 1 -> Scenes.render 56 (Scenes.generate 1 i), questions.[i % questions.Length], Dataset.Vqa |]
+
+/// n clean caption requests at 56 px, on other scenes.
+let private captionSamples n = [| for i in 0 .. n - 1 -> Scenes.render 56 (Scenes.generate 2 i), "Describe the image.", Dataset.Caption |]
+
+/// Synthetic (features, task) rows: `n` of `task` drawn around `centre` (12 dims, seeded).
+let private rows (seed: int) (task: Dataset.Task) (centre: float) (n: int) =
+    let rng = Random(seed)
+    [| for _ in 1 .. n -> Array.init 12 (fun _ -> centre + rng.NextDouble()), task |]
+
+let private noFingerprint: Calibration.Fingerprint = { Config = ""; Tensors = ""; Projector = "" }
 
 let private settings = { Calibration.defaultSettings 3 with Layers = [| 0; 1; 2 |] }
 
@@ -74,7 +84,7 @@ let tests =
             Expect.equal c.Fingerprint (Calibration.fingerprint session.Value) "the session's fingerprint"
         }
         test "features are the ratios of one prefill at the detection layers, deterministic" {
-            let image, question = (samples 1).[0]
+            let image, question, _ = (samples 1).[0]
             let f = Calibration.features session.Value settings image question
             Expect.equal (Calibration.features session.Value settings image question) f "same input, same features"
             // against the recorded rows of a plain prefill
@@ -133,10 +143,62 @@ let tests =
             let back = Calibration.load path session.Value
             Expect.equal back.Reference.Whitener few.Reference.Whitener "Σ^{-1/2}"
             Expect.equal back.Reference.ShrinkageUsed few.Reference.ShrinkageUsed "shrinkage"
-            for image, question in samples 7 |> Array.skip 5 do
+            for image, question, _ in samples 7 |> Array.skip 5 do
                 let f = Calibration.features session.Value settings image question
                 Expect.equal (distance back.Reference f) (distance few.Reference f) "same distance on a new sample"
         }
+        testList "one reference per task" [
+            let mixed = Array.append (rows 1 Dataset.Vqa 0.0 30) (rows 2 Dataset.Caption 5.0 12)
+            let perTask = Calibration.defaultSettings 3
+            test "per task (the default): each task's reference is fitted on its own rows only" {
+                Expect.equal perTask.References Calibration.PerTask "the default"
+                let c = Calibration.fromFeatures noFingerprint "t" perTask mixed
+                Expect.equal (c.Tasks |> Map.keys |> List.ofSeq) [ Dataset.Vqa; Dataset.Caption ] "both tasks"
+                for task, centre, n in [ Dataset.Vqa, 0.0, 30; Dataset.Caption, 5.0, 12 ] do
+                    let own = mixed |> Array.filter (fun (_, t) -> t = task) |> Array.map fst
+                    let t = c.Tasks.[task]
+                    Expect.equal t.Samples n "its own samples"
+                    Expect.equal t.Reference.Mean (fit Diagonal own).Mean "μ of its own rows"
+                    Expect.equal t.CleanDistances (distances t.Reference own) "distances of its own rows"
+                    Expect.equal t.Threshold (threshold 0.99 t.CleanDistances) "γ at the 0.99 quantile of those"
+                    Expect.isTrue (t.Reference.Mean |> Array.forall (fun m -> abs (m - (centre + 0.5)) < 0.2)) "μ near its centre"
+                Expect.equal c.Samples 42 "the pooled reference keeps every sample"
+                Expect.equal c.Reference.Mean (fit Diagonal (Array.map fst mixed)).Mean "pooled μ"
+            }
+            test "an input is compared with its task's reference; a caption far from every question but typical of captions is not flagged" {
+                let c = Calibration.fromFeatures noFingerprint "t" perTask mixed
+                let caption = Array.create 12 5.5
+                let d (det: CleanSightPolicy.Detection) = distance det.Reference caption
+                let ofCaptions, ofQuestions = Calibration.detection c Dataset.Caption, Calibration.detection c Dataset.Vqa
+                Expect.equal ofCaptions.Threshold c.Tasks.[Dataset.Caption].Threshold "the caption γ"
+                Expect.isLessThan (d ofCaptions) ofCaptions.Threshold "typical of clean captions"
+                Expect.isGreaterThan (d ofQuestions) ofQuestions.Threshold "far from clean questions"
+            }
+            test "pooled, a single task, or a task under 10 samples: the pooled reference" {
+                let pooled = Calibration.fromFeatures noFingerprint "t" { perTask with References = Calibration.Pooled } mixed
+                Expect.isEmpty pooled.Tasks "pooled: no per-task reference"
+                let det = Calibration.detection pooled Dataset.Caption
+                Expect.equal (det.Reference, det.Threshold) (pooled.Reference, pooled.Threshold) "captions use the pooled one"
+                let single = Calibration.fromFeatures noFingerprint "t" perTask (rows 1 Dataset.Vqa 0.0 30)
+                Expect.isEmpty single.Tasks "one task: the pooled reference is its reference"
+                let few = Calibration.fromFeatures noFingerprint "t" perTask (Array.append (rows 1 Dataset.Vqa 0.0 30) (rows 2 Dataset.Caption 5.0 9))
+                Expect.equal (few.Tasks |> Map.keys |> List.ofSeq) [ Dataset.Vqa ] "9 captions < 10: no caption reference"
+                Expect.equal (Calibration.detection few Dataset.Caption).Threshold few.Threshold "captions use the pooled γ"
+            }
+            test "through the model: per-task references round-trip through the file" {
+                let c = Calibration.calibrate session.Value settings (Array.append (samples 12) (captionSamples 10)) (fun _ _ -> ())
+                Expect.equal (c.Tasks |> Map.keys |> List.ofSeq) [ Dataset.Vqa; Dataset.Caption ] "both tasks"
+                let path = Path.Combine(Fixtures.tempDir (), "per-task.json")
+                Calibration.save path c
+                let back = Calibration.load path session.Value
+                Expect.equal back.Settings.References Calibration.PerTask "references"
+                for KeyValue(task, t) in c.Tasks do
+                    let b = back.Tasks.[task]
+                    Expect.equal (b.Samples, b.Threshold, b.CleanDistances) (t.Samples, t.Threshold, t.CleanDistances) $"{task}"
+                    Expect.equal (b.Reference.Mean, b.Reference.Std) (t.Reference.Mean, t.Reference.Std) $"{task} μ, σ"
+                Expect.equal back.Threshold c.Threshold "pooled γ"
+            }
+        ]
         test "progress is reported once per sample" {
             let calls = Collections.Generic.List<int * int>()
             Calibration.calibrate session.Value settings (samples 3) (fun i n -> calls.Add((i, n))) |> ignore
@@ -160,8 +222,34 @@ let tests =
                 let items = Dataset.read data
                 let direct =
                     Calibration.calibrate session.Value c.Settings
-                        (items |> Array.map (fun it -> CleanSight.Core.Vision.RgbImage.Load(Dataset.imagePath data it), it.Question)) (fun _ _ -> ())
+                        (items |> Array.map (fun it -> CleanSight.Core.Vision.RgbImage.Load(Dataset.imagePath data it), it.Question, it.Task)) (fun _ _ -> ())
                 Expect.equal c.Threshold direct.Threshold "same threshold as the library"
+            }
+            test "a dataset of questions and captions gets a reference per task with ≥ 10 samples; --pooled-reference one" {
+                let dir = Fixtures.tempDir ()
+                let folder = Path.Combine(dir, "data")
+                let items = Scenes.build { Seed = 3; Size = 56; CaptionShare = 0.5; Prefix = "m" } [ 0 .. 39 ] folder
+                let data = Path.Combine(folder, "data.jsonl")
+                Dataset.write data items
+                let counts = items |> Array.countBy (fun it -> it.Task) |> Map.ofArray
+                let expected = counts |> Map.filter (fun _ n -> n >= 10) |> Map.keys |> Set.ofSeq
+                Expect.equal expected (Set [ Dataset.Vqa; Dataset.Caption ]) $"(both tasks have ≥ 10 items: {counts})"
+                let out = Path.Combine(dir, "cal.json")
+                let code, stdout, err = calibrateCli data out
+                Expect.equal code 0 $"exit 0 (stderr: {err})"
+                Expect.stringContains stdout "caption: own reference" "says so"
+                let c = Calibration.load out session.Value
+                Expect.equal (c.Tasks |> Map.keys |> Set.ofSeq) expected "a reference per task"
+                for KeyValue(task, t) in c.Tasks do Expect.equal t.Samples counts.[task] $"{task} samples"
+                let pooledOut = Path.Combine(dir, "pooled.json")
+                let code, _, err =
+                    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; pooledOut; "--layers"; "0,1,2"
+                                   "--pooled-reference"; "--no-progress" ]
+                Expect.equal code 0 $"exit 0 (stderr: {err})"
+                let p = Calibration.load pooledOut session.Value
+                Expect.isEmpty p.Tasks "no per-task reference"
+                Expect.equal p.Settings.References Calibration.Pooled "pooled"
+                Expect.equal p.Threshold c.Threshold "the same pooled reference"
             }
             test "a malformed dataset line: one error line naming the file, non-zero exit, nothing written" {
                 let dir = Fixtures.tempDir ()

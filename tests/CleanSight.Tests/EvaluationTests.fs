@@ -47,7 +47,7 @@ let private world =
         let calibration = Path.Combine(dir, "calibration.json")
         use session = LlavaSession.Load Fixtures.tinyLlava
         let settings = { Calibration.defaultSettings 3 with Layers = [| 0; 1; 2 |] }
-        let samples = [| for i in 0 .. 11 -> Scenes.render 56 (Scenes.generate 22 i), "What is in the picture?" |]
+        let samples = [| for i in 0 .. 11 -> Scenes.render 56 (Scenes.generate 22 i), "What is in the picture?", Dataset.Vqa |]
         Calibration.save calibration (Calibration.calibrate session settings samples (fun _ _ -> ()))
         clean, poisoned, calibration)
 

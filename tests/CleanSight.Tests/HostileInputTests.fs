@@ -575,7 +575,7 @@ let private evalWorld =
         let poisoned = write (Path.Combine(dir, "poisoned")) (images |> Array.map patched)
         use session = LlavaSession.Load Fixtures.tinyLlava
         let settings = { Calibration.defaultSettings 3 with Layers = [| 0; 1; 2 |] }
-        let samples = [| for i in 0 .. 11 -> noiseImage (200 + i) 56 56, questions.[i % questions.Length] |]
+        let samples = [| for i in 0 .. 11 -> noiseImage (200 + i) 56 56, questions.[i % questions.Length], Dataset.Vqa |]
         let calibration = Calibration.calibrate session settings samples (fun _ _ -> ())
         let path = Path.Combine(dir, "calibration.json")
         Calibration.save path calibration

@@ -60,9 +60,11 @@ let private figures (rows: AttentionStealing.Row list) =
                   for head in 0 .. 1 ->
                       ({ Attack = attack; Layer = layer; Head = head; Deviation = float (layer - head); CleanMean = 1.0; CleanStd = 0.5
                          TriggeredMean = 1.5; DetectionLayer = layer >= 1; CleanSamples = 10; TriggeredSamples = 4 }: HeadDeviation.Cell) ]
+    let scored threshold (xs: (string * float)[]) =
+        xs |> Array.map (fun (id, d) -> ({ Id = id; Task = "vqa"; Distance = d; Threshold = threshold }: Detection.Scored))
     let distances: Detection.Distances list =
-        [ { Attack = "badnet"; Threshold = 1.5; Clean = [| "a", 0.5; "b", 1.0; "c", 2.0 |]; Triggered = [| "a", 1.8; "b", 3.0 |] }
-          { Attack = "blended"; Threshold = 1.2; Clean = [| "a", 0.7; "b", 1.1 |]; Triggered = [| "a", 0.9; "b", 1.0 |] } ]
+        [ { Attack = "badnet"; Clean = scored 1.5 [| "a", 0.5; "b", 1.0; "c", 2.0 |]; Triggered = scored 1.5 [| "a", 1.8; "b", 3.0 |] }
+          { Attack = "blended"; Clean = scored 1.2 [| "a", 0.7; "b", 1.1 |]; Triggered = scored 1.2 [| "a", 0.9; "b", 1.0 |] } ]
     let tau: Ablations.TauRow list =
         [ for attack in [ "badnet"; "blended" ] do
               for t in [ None; Some 0.3; Some 0.6; Some 1.2 ] ->

@@ -1,19 +1,24 @@
 /// Chart 4: how well the distance d separates clean from triggered inputs — per attack, the
-/// histograms of d with the threshold γ, and the ROC curves of all attacks (d > threshold).
+/// histograms of d with the thresholds γ (one per task when each task has its own reference), and the
+/// ROC curves of all attacks (d > threshold).
 module CleanSight.Pipeline.Analysis.Detection
 
 open Deedle
 open Plotly.NET
 open CleanSight.Pipeline.Metrics
 
-/// One attack's distances: clean (negatives) and triggered (positives) test inputs, and γ.
-type Distances = { Attack: string; Threshold: float; Clean: (string * float)[]; Triggered: (string * float)[] }
+/// One input's distance d and the threshold γ it was compared with (its task's).
+type Scored = { Id: string; Task: string; Distance: float; Threshold: float }
+
+/// One attack's distances: clean (negatives) and triggered (positives) test inputs.
+type Distances = { Attack: string; Clean: Scored[]; Triggered: Scored[] }
 
 /// Column names of the frames, in one place.
 module Columns =
     let attack = "attack"
     let split = "split"
     let id = "id"
+    let task = "task"
     let distance = "distance"
     let threshold = "threshold"
     let flagged = "flagged"
@@ -25,34 +30,39 @@ module Columns =
 let distancesFrame (all: Distances list) =
     [ for d in all do
           for split, xs in [ "clean", d.Clean; "triggered", d.Triggered ] do
-              for id, x in xs -> d, split, id, x ]
-    |> List.mapi (fun i (d, split, id, x) ->
-        i, series [ Columns.attack => box d.Attack; Columns.split => box split; Columns.id => box id
-                    Columns.distance => box x; Columns.threshold => box d.Threshold; Columns.flagged => box (x > d.Threshold) ])
+              for x in xs -> d.Attack, split, x ]
+    |> List.mapi (fun i (attack, split, x) ->
+        i, series [ Columns.attack => box attack; Columns.split => box split; Columns.id => box x.Id; Columns.task => box x.Task
+                    Columns.distance => box x.Distance; Columns.threshold => box x.Threshold
+                    Columns.flagged => box (x.Distance > x.Threshold) ])
     |> Frame.ofRows
+
+let private values (xs: Scored[]) = xs |> Array.map (fun x -> x.Distance)
 
 /// The ROC curve of one attack (empty when a split has no distance).
 let roc (d: Distances) =
     if d.Clean.Length = 0 || d.Triggered.Length = 0 then [||]
-    else DetectionMetrics.rocCurve (Array.map snd d.Clean) (Array.map snd d.Triggered)
+    else DetectionMetrics.rocCurve (values d.Clean) (values d.Triggered)
 
 /// Every ROC point, one row per (attack, threshold), with the attack's AUROC.
 let rocFrame (all: Distances list) =
     [ for d in all do
           let points = roc d
           if points.Length > 0 then
-              let a = DetectionMetrics.auroc (Array.map snd d.Clean) (Array.map snd d.Triggered)
+              let a = DetectionMetrics.auroc (values d.Clean) (values d.Triggered)
               for p in points -> d.Attack, p, a ]
     |> List.mapi (fun i (attack, p: DetectionMetrics.RocPoint, a) ->
         i, series [ Columns.attack => box attack; Columns.threshold => box p.Threshold; Columns.fpr => box p.Fpr
                     Columns.tpr => box p.Tpr; Columns.auroc => box a ])
     |> Frame.ofRows
 
-/// One attack's histograms of d, clean vs triggered, with γ marked.
+/// One attack's histograms of d, clean vs triggered, with each task's γ marked.
 let histogram (d: Distances) =
-    [ Chart.Histogram(Array.map snd d.Clean, Name = "clean", Opacity = 0.6)
-      Chart.Histogram(Array.map snd d.Triggered, Name = "triggered", Opacity = 0.6)
-      Chart.Line([ d.Threshold; d.Threshold ], [ 0.0; float d.Clean.Length ], Name = "threshold γ") ]
+    let thresholds = Array.append d.Clean d.Triggered |> Array.map (fun x -> x.Task, x.Threshold) |> Array.distinct |> Array.sort
+    [ Chart.Histogram(values d.Clean, Name = "clean", Opacity = 0.6)
+      Chart.Histogram(values d.Triggered, Name = "triggered", Opacity = 0.6)
+      for task, g in thresholds ->
+          Chart.Line([ g; g ], [ 0.0; float d.Clean.Length ], Name = $"threshold γ ({task})") ]
     |> Chart.combine
     |> Chart.withTitle $"{d.Attack}: distance to the clean reference"
     |> Chart.withXAxisStyle (TitleText = "distance d")
@@ -62,7 +72,7 @@ let rocChart (all: Distances list) =
     [ for d in all do
           let points = roc d
           if points.Length > 0 then
-              let a = DetectionMetrics.auroc (Array.map snd d.Clean) (Array.map snd d.Triggered)
+              let a = DetectionMetrics.auroc (values d.Clean) (values d.Triggered)
               // from (0, 0) to (1, 1): FPR ascending as the threshold falls
               yield Chart.Line(points |> Array.map (fun p -> p.Fpr), points |> Array.map (fun p -> p.Tpr),
                                Name = $"{d.Attack} (AUROC {a:F2})", ShowMarkers = false)

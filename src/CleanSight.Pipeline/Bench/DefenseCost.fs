@@ -58,21 +58,21 @@ let generateFixed (model: LlavaForConditionalGeneration) (ids: int64[]) (pixels:
     for step in 0 .. n - 2 do
         logits <- model.Decode(Generator.ArgMax logits, prefilled.PromptLength + int64 step, cache)
 
-type private Input = { Ids: int64[]; Pixels: torch.Tensor; First: int64; Last: int64 }
+type private Input = { Ids: int64[]; Pixels: torch.Tensor; Task: Dataset.Task; First: int64; Last: int64 }
 
 let private load (session: LlavaSession) (jsonl: string) (n: int) =
     Dataset.read jsonl |> Array.truncate n |> Array.map (fun item ->
         let ids = session.Prompt(item.Question).InputIds |> Array.map int64
         let first, last = Calibration.imageSpan session ids
         { Ids = ids; Pixels = session.Pixels(RgbImage.Load(Dataset.imagePath jsonl item)).DetachFromDisposeScope()
-          First = first; Last = last })
+          Task = item.Task; First = first; Last = last })
 
 let private arms = [| Defenses.NoDefense; Defenses.CleanSight; Defenses.PruneAll |]
 
 /// Every input under every arm, `repeats` times; the arms' order rotates per input and repeat.
 let private latency (session: LlavaSession) (calibration: Calibration.Calibration) (newTokens: int) (repeats: int) (inputs: Input[]) =
     let run (defense: Defenses.Defense) (i: int) (input: Input) =
-        let policy, outcome = Defenses.policy defense calibration input.First input.Last i
+        let policy, outcome = Defenses.policy defense calibration input.Task input.First input.Last i
         let seconds, () = time (fun () -> generateFixed session.Model input.Ids input.Pixels policy newTokens)
         seconds, outcome ()
     for d in arms do run d 0 inputs.[0] |> ignore // warm-up
@@ -110,7 +110,7 @@ let run (s: Settings) (folder: string) (log: string -> unit) =
         Array.init s.Repeats (fun _ ->
             let seconds, c =
                 time (fun () ->
-                    let samples = calItems |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath manifest.calibration it), it.Question)
+                    let samples = calItems |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath manifest.calibration it), it.Question, it.Task)
                     Calibration.calibrate session settings samples (fun _ _ -> ()))
             float calItems.Length / seconds, c)
     let calibrationRuns, calibration = Array.map fst calibrations, snd (Array.last calibrations)

@@ -31,7 +31,8 @@ let taskName =
     | Vqa -> "vqa"
     | Caption -> "caption"
 
-let private parseTask =
+/// The task of a name in the file, or None.
+let tryParseTask =
     function
     | "vqa" -> Some Vqa
     | "caption" -> Some Caption
@@ -99,7 +100,7 @@ let private parseLine (text: string) : Result<Item, string> =
                 let task =
                     str "task"
                     |> Result.bind (fun t ->
-                        match parseTask t with
+                        match tryParseTask t with
                         | Some task -> Ok task
                         | None -> Error $"unknown task \"{t}\" (expected \"vqa\" or \"caption\")")
                 match str "id", str "image", str "question", answers, task with

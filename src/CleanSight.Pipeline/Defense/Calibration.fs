@@ -1,6 +1,8 @@
 /// Calibrate: clean samples through the (possibly backdoored) model with the same prompt format →
 /// the clean reference (mean, σ or Σ^{-1/2}), the clean distances and the threshold at a target
-/// clean false-positive rate. Saved as a versioned JSON file that names the model it belongs to.
+/// clean false-positive rate — one per task (VQA question, caption request) by default, since the
+/// method compares an input with clean inputs of the same prompt format. Saved as a versioned JSON file
+/// that names the model it belongs to.
 module CleanSight.Pipeline.Defense.Calibration
 
 open System
@@ -14,8 +16,18 @@ open CleanSight.Core
 open CleanSight.Core.Inference
 open CleanSight.Core.Vision
 open CleanSight.Pipeline
+open CleanSight.Pipeline.Data
 open CleanSight.Pipeline.Defense
 open CleanSight.Pipeline.Defense.Whitening
+
+/// Which clean inputs an input is compared with.
+type References =
+    /// one reference fitted on every calibration sample, whatever its task
+    | Pooled
+    /// one reference per task: a VQA question is compared with clean VQA questions, a caption request
+    /// with clean caption requests (the method notes: clean samples "with the same prompt format").
+    /// A task with fewer than `minTaskSamples` calibration samples is compared with the pooled one.
+    | PerTask
 
 type Settings =
     { Layers: int[]
@@ -24,16 +36,26 @@ type Settings =
       /// threshold quantile of the clean distances: 1 − target clean FPR
       Quantile: float
       Tau: Detector.Tau
+      References: References
       Seed: int }
 
 let defaultSettings (numLayers: int) =
     { Layers = Detector.defaultLayers numLayers; Feature = Ratio; Whitening = Diagonal
-      Quantile = 0.99; Tau = Detector.defaultTau; Seed = 0 }
+      Quantile = 0.99; Tau = Detector.defaultTau; References = PerTask; Seed = 0 }
+
+/// The fewest calibration samples a task needs for a reference of its own (the method notes: about 10
+/// clean samples already hold the FPR under 20 %).
+let minTaskSamples = 10
 
 /// Which model a calibration belongs to: hashes of config.json, of the parameter names and shapes,
 /// and of the projector's values (the part an adapter changes).
 type Fingerprint = { Config: string; Tensors: string; Projector: string }
 
+/// A reference fitted on one task's clean samples, with their distances and its threshold.
+type TaskReference = { Samples: int; Reference: Reference; CleanDistances: float[]; Threshold: float }
+
+/// `Samples`, `Reference`, `CleanDistances` and `Threshold` are the pooled reference over every
+/// calibration sample; `Tasks` holds the per-task ones (empty when pooled, or when there is one task).
 type Calibration =
     { Fingerprint: Fingerprint
       Settings: Settings
@@ -41,10 +63,19 @@ type Calibration =
       Samples: int
       Reference: Reference
       CleanDistances: float[]
-      Threshold: float }
+      Threshold: float
+      Tasks: Map<Dataset.Task, TaskReference> }
+
+/// What an input of `task` is compared with: its task's reference if the calibration has one, else
+/// the pooled reference.
+let detection (c: Calibration) (task: Dataset.Task) : CleanSightPolicy.Detection =
+    match c.Tasks.TryFind task with
+    | Some t -> { Reference = t.Reference; Threshold = t.Threshold }
+    | None -> { Reference = c.Reference; Threshold = c.Threshold }
 
 let formatName = "cleansight-calibration"
-let formatVersion = 1
+/// 2: per-task references (`references`, `tasks`)
+let formatVersion = 2
 
 let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes).ToLowerInvariant()
 
@@ -84,26 +115,42 @@ let featuresAndSums (session: LlavaSession) (settings: Settings) (record: int[])
 let features (session: LlavaSession) (settings: Settings) (image: RgbImage) (question: string) =
     featuresAndSums session settings [||] image question |> fst
 
-/// Fits the reference and threshold on clean feature vectors.
-let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clean: float[][]) =
+/// Fits a reference and its threshold on clean feature vectors.
+let fitTask (settings: Settings) (clean: float[][]) =
     let reference = fit settings.Whitening clean
     let d = distances reference clean
-    { Fingerprint = fp; Settings = settings; Template = template; Samples = clean.Length
-      Reference = reference; CleanDistances = d; Threshold = threshold settings.Quantile d }
+    { Samples = clean.Length; Reference = reference; CleanDistances = d; Threshold = threshold settings.Quantile d }
 
-/// Calibrates on clean (image, question) samples, also returning each sample's (features, attention
-/// sums at the `record` layers) (see `featuresAndSums`); `progress done total` after each sample.
-let calibrateRecording (session: LlavaSession) (settings: Settings) (record: int[]) (samples: (RgbImage * string)[])
+/// Fits the pooled reference and, per `settings.References`, one per task on clean (features, task)
+/// pairs: every task with at least `minTaskSamples` samples, when there is more than one task.
+let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clean: (float[] * Dataset.Task)[]) =
+    let pooled = fitTask settings (Array.map fst clean)
+    let byTask = clean |> Array.groupBy snd
+    let tasks =
+        match settings.References with
+        | PerTask when byTask.Length > 1 ->
+            byTask
+            |> Array.filter (fun (_, rows) -> rows.Length >= minTaskSamples)
+            |> Array.map (fun (task, rows) -> task, fitTask settings (Array.map fst rows))
+            |> Map.ofArray
+        | _ -> Map.empty
+    { Fingerprint = fp; Settings = settings; Template = template; Samples = pooled.Samples
+      Reference = pooled.Reference; CleanDistances = pooled.CleanDistances; Threshold = pooled.Threshold; Tasks = tasks }
+
+/// Calibrates on clean (image, question, task) samples, also returning each sample's (features,
+/// attention sums at the `record` layers) (see `featuresAndSums`); `progress done total` after each.
+let calibrateRecording (session: LlavaSession) (settings: Settings) (record: int[]) (samples: (RgbImage * string * Dataset.Task)[])
                        (progress: int -> int -> unit) =
     let measured =
-        samples |> Array.mapi (fun i (image, question) ->
+        samples |> Array.mapi (fun i (image, question, _) ->
             let m = featuresAndSums session settings record image question
             progress (i + 1) samples.Length
             m)
-    fromFeatures (fingerprint session) session.Template settings (Array.map fst measured), measured
+    let clean = Array.map2 (fun (f, _) (_, _, task) -> f, task) measured samples
+    fromFeatures (fingerprint session) session.Template settings clean, measured
 
-/// Calibrates on clean (image, question) samples; `progress done total` after each.
-let calibrate (session: LlavaSession) (settings: Settings) (samples: (RgbImage * string)[]) (progress: int -> int -> unit) =
+/// Calibrates on clean (image, question, task) samples; `progress done total` after each.
+let calibrate (session: LlavaSession) (settings: Settings) (samples: (RgbImage * string * Dataset.Task)[]) (progress: int -> int -> unit) =
     calibrateRecording session settings [||] samples progress |> fst
 
 // ---- the file ----------------------------------------------------------------------------------
@@ -120,14 +167,33 @@ let parseFeature = function
     | "ratio" -> Ratio | "log-ratio" -> LogRatio | "visual-share" -> VisualShare
     | s -> invalidArg "feature" $"unknown feature '{s}' (ratio, log-ratio, visual-share)"
 let whiteningName = function Diagonal -> "diagonal" | Full _ -> "full"
+let referencesName = function Pooled -> "pooled" | PerTask -> "per-task"
+let parseReferences = function
+    | "pooled" -> Pooled | "per-task" -> PerTask
+    | s -> invalidArg "references" $"unknown references '{s}' (pooled, per-task)"
 let tauJson = function
     | Detector.Absolute t -> obj [ "kind", JsonValue.Create "absolute"; "value", JsonValue.Create t ]
     | Detector.RelativeToUniform r -> obj [ "kind", JsonValue.Create "relative"; "value", JsonValue.Create r ]
 
+/// One reference's fields (the pooled one sits at the top level, each task's in `tasks`).
+let private referenceFields (t: TaskReference) =
+    let r = t.Reference
+    [ "samples", JsonValue.Create t.Samples :> JsonNode
+      "threshold", JsonValue.Create t.Threshold
+      "shrinkage", JsonValue.Create r.ShrinkageUsed
+      "mean", arr r.Mean
+      "std", arr r.Std
+      "epsilon", JsonValue.Create r.Epsilon
+      "eigenvalue_floor", JsonValue.Create r.EigenvalueFloor
+      "covariance", (match r.Covariance with Some m -> matrix m :> JsonNode | None -> null)
+      "whitener", (match r.Whitener with Some m -> matrix m :> JsonNode | None -> null)
+      "clean_distances", arr t.CleanDistances ]
+
 /// The JSON body (everything but the checksum).
 let private body (c: Calibration) =
-    let r = c.Reference
-    obj [ "format", JsonValue.Create formatName
+    let pooled = { Samples = c.Samples; Reference = c.Reference; CleanDistances = c.CleanDistances; Threshold = c.Threshold }
+    let settings: (string * JsonNode) list =
+        [ "format", JsonValue.Create formatName
           "version", JsonValue.Create formatVersion
           "model", obj [ "config_sha256", JsonValue.Create c.Fingerprint.Config
                          "tensors_sha256", JsonValue.Create c.Fingerprint.Tensors
@@ -136,19 +202,12 @@ let private body (c: Calibration) =
           "layers", JsonArray(c.Settings.Layers |> Array.map (fun l -> JsonValue.Create l :> JsonNode))
           "feature", JsonValue.Create(featureName c.Settings.Feature)
           "whitening", JsonValue.Create(whiteningName c.Settings.Whitening)
-          "shrinkage", JsonValue.Create r.ShrinkageUsed
           "quantile", JsonValue.Create c.Settings.Quantile
           "tau", tauJson c.Settings.Tau
-          "seed", JsonValue.Create c.Settings.Seed
-          "samples", JsonValue.Create c.Samples
-          "threshold", JsonValue.Create c.Threshold
-          "mean", arr r.Mean
-          "std", arr r.Std
-          "epsilon", JsonValue.Create r.Epsilon
-          "eigenvalue_floor", JsonValue.Create r.EigenvalueFloor
-          "covariance", (match r.Covariance with Some m -> matrix m :> JsonNode | None -> null)
-          "whitener", (match r.Whitener with Some m -> matrix m :> JsonNode | None -> null)
-          "clean_distances", arr c.CleanDistances ]
+          "references", JsonValue.Create(referencesName c.Settings.References)
+          "seed", JsonValue.Create c.Settings.Seed ]
+    let tasks = obj [ for KeyValue(task, t) in c.Tasks -> Dataset.taskName task, obj (referenceFields t) :> JsonNode ]
+    obj (settings @ referenceFields pooled @ [ "tasks", tasks :> JsonNode ])
 
 let private checksum (o: JsonObject) = sha256 (Encoding.UTF8.GetBytes(o.ToJsonString()))
 
@@ -186,6 +245,13 @@ let load (path: string) (session: LlavaSession) : Calibration =
             fail "made for another model (its projector weights differ: another adapter or checkpoint)"
         let floats (n: JsonNode) = n.AsArray() |> Seq.map (fun x -> x.GetValue<float>()) |> Seq.toArray
         let mat (n: JsonNode) = if isNull n then None else Some(n.AsArray() |> Seq.map floats |> Seq.toArray)
+        let referenceOf (whitening: Whitening) (o: JsonNode) =
+            let samples = o.["samples"].GetValue<int>()
+            { Samples = samples; Threshold = o.["threshold"].GetValue<float>(); CleanDistances = floats o.["clean_distances"]
+              Reference =
+                { Whitening = whitening; Samples = samples; Mean = floats o.["mean"]; Std = floats o.["std"]
+                  Epsilon = o.["epsilon"].GetValue<float>(); Covariance = mat o.["covariance"]; Whitener = mat o.["whitener"]
+                  ShrinkageUsed = o.["shrinkage"].GetValue<float>(); EigenvalueFloor = o.["eigenvalue_floor"].GetValue<float>() } }
         let tau =
             match o.["tau"].["kind"].GetValue<string>() with
             | "absolute" -> Detector.Absolute(o.["tau"].["value"].GetValue<float>())
@@ -200,16 +266,19 @@ let load (path: string) (session: LlavaSession) : Calibration =
               Whitening = whitening
               Quantile = o.["quantile"].GetValue<float>()
               Tau = tau
+              References = parseReferences (o.["references"].GetValue<string>())
               Seed = o.["seed"].GetValue<int>() }
-        let samples = o.["samples"].GetValue<int>()
-        let reference =
-            { Whitening = whitening; Samples = samples; Mean = floats o.["mean"]; Std = floats o.["std"]
-              Epsilon = o.["epsilon"].GetValue<float>(); Covariance = mat o.["covariance"]; Whitener = mat o.["whitener"]
-              ShrinkageUsed = o.["shrinkage"].GetValue<float>(); EigenvalueFloor = o.["eigenvalue_floor"].GetValue<float>() }
+        let pooled = referenceOf whitening o
+        let tasks =
+            [ for KeyValue(name, t) in o.["tasks"].AsObject() ->
+                  match Dataset.tryParseTask name with
+                  | Some task -> task, referenceOf whitening t
+                  | None -> fail $"unknown task '{name}' in \"tasks\"" ]
+            |> Map.ofList
         if settings.Layers |> Array.exists (fun l -> l < 0 || l >= session.Config.Text.NumHiddenLayers) then
             fail $"detection layers {settings.Layers} do not exist in a {session.Config.Text.NumHiddenLayers}-layer model"
-        { Fingerprint = fp; Settings = settings; Template = o.["prompt_template"].GetValue<string>(); Samples = samples
-          Reference = reference; CleanDistances = floats o.["clean_distances"]; Threshold = o.["threshold"].GetValue<float>() }
+        { Fingerprint = fp; Settings = settings; Template = o.["prompt_template"].GetValue<string>(); Samples = pooled.Samples
+          Reference = pooled.Reference; CleanDistances = pooled.CleanDistances; Threshold = pooled.Threshold; Tasks = tasks }
     with
     | :? InputError -> reraise ()
     | e -> fail $"malformed calibration file ({e.GetType().Name}: {e.Message.Split('\n').[0]})"

@@ -5,6 +5,7 @@ module CleanSight.Pipeline.Defense.Defenses
 open System
 open CleanSight.Core.Inference
 open CleanSight.Core.Vision
+open CleanSight.Pipeline.Data
 open CleanSight.Pipeline.Defense
 
 type Defense =
@@ -123,8 +124,8 @@ let randomChoice (share: float) (seed: int) (first: int64) (last: int64) =
 /// What a policy-based defense did to one input.
 type Outcome = { Distance: float option; Flagged: bool; Pruned: int64[] }
 
-/// The attention policy of a defense for one input, and a way to read what it did afterwards.
-let policy (defense: Defense) (calibration: Calibration.Calibration) (first: int64) (last: int64) (sampleSeed: int)
+/// The attention policy of a defense for one input of `task`, and a way to read what it did afterwards.
+let policy (defense: Defense) (calibration: Calibration.Calibration) (task: Dataset.Task) (first: int64) (last: int64) (sampleSeed: int)
     : IAttentionPolicy * (unit -> Outcome) =
     let s = calibration.Settings
     let lastLayer = Array.max s.Layers
@@ -137,7 +138,7 @@ let policy (defense: Defense) (calibration: Calibration.Calibration) (first: int
         p :> IAttentionPolicy, (fun () -> { Distance = None; Flagged = false; Pruned = p.Chosen })
     match defense with
     | CleanSight ->
-        cleanSight false (Some { CleanSightPolicy.Detection.Reference = calibration.Reference; Threshold = calibration.Threshold })
+        cleanSight false (Some(Calibration.detection calibration task))
     | PruneAll -> cleanSight true None
     | RandomPrune -> exclude lastLayer (fun _ -> randomChoice 0.9 sampleSeed first last)
     | UniformVisual -> UniformAttentionPolicy(lastLayer, [| first .. last |]) :> IAttentionPolicy, nothingDone
