@@ -52,13 +52,15 @@ for attack in Attacks.all Attacks.defaultTarget do
             rows.Add(attack.Name, "whitening", $"full/{fname}", auroc feature (Whitening.Full Whitening.LedoitWolf) det)
         for start in 0 .. layersOf - 3 do
             rows.Add(attack.Name, "start layer", string start, auroc Whitening.Ratio Whitening.Diagonal [| start .. start + 2 |])
-        // clean-sample count → FPR on held-out clean inputs (threshold at the 0.99 quantile)
-        for n in [ 10; 25; 50; 100; 200 ] do
-            let f = cal |> Array.truncate n |> Array.map (AttentionStealing.featuresAt Whitening.Ratio det)
-            let r = Whitening.fit Whitening.Diagonal f
-            let gamma = Whitening.threshold 0.99 (Whitening.distances r f)
-            let fpr = clean |> Array.averageBy (fun s -> if Whitening.distance r (AttentionStealing.featuresAt Whitening.Ratio det s) > gamma then 1.0 else 0.0)
-            rows.Add(attack.Name, "clean samples → FPR", string n, fpr)
+        // clean-sample count → FPR on held-out clean inputs (γ at the 0.99 quantile of the in-sample
+        // distances, as the paper's code, and of the leave-one-out distances, calibrate's default)
+        for from in [ Calibration.InSample; Calibration.LeaveOneOut ] do
+            let settings = { Calibration.defaultSettings layersOf with Layers = det; ThresholdFrom = from }
+            for n in [ 10; 25; 50; 100; 200 ] do
+                let f = cal |> Array.truncate n |> Array.map (AttentionStealing.featuresAt settings.Feature det)
+                let t = Calibration.fitTask settings f
+                let fpr = clean |> Array.averageBy (fun s -> if Whitening.distance t.Reference (AttentionStealing.featuresAt settings.Feature det s) > t.Threshold then 1.0 else 0.0)
+                rows.Add(attack.Name, $"clean samples → FPR ({Calibration.thresholdFromName from} γ)", string n, fpr)
         printfn "%s: done" attack.Name
 
 // τ sweep on one attack: purification forced on every triggered/clean input (isolates τ from detection)

@@ -104,6 +104,7 @@ type CalibrateArgs =
     | Tau_Relative of ratio: float
     | Samples of n: int
     | Pooled_Reference
+    | In_Sample_Threshold
     | Seed of n: int
     | No_Progress
     interface IArgParserTemplate with
@@ -114,6 +115,7 @@ type CalibrateArgs =
             | Data _ -> "clean samples (dataset JSONL)"
             | Out _ -> "calibration file to write"
             | Pooled_Reference -> "one clean reference for every task (default: one per task with ≥ 10 samples, e.g. VQA and captions)"
+            | In_Sample_Threshold -> "γ from the in-sample clean distances, as the paper's code (default: leave-one-out distances)"
             | Layers _ -> "detection layers, 0-indexed, e.g. 2,3,4 (default: 3 layers at the paper's relative depth)"
             | Whitening _ -> "diagonal (default, the paper's code) or full (Ledoit-Wolf shrinkage)"
             | Fpr _ -> "target clean false-positive rate (default 0.01 = the 0.99 quantile)"

@@ -47,7 +47,8 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let settings =
             { d with Layers = layers; Whitening = whitening; Quantile = 1.0 - args.GetResult(CalibrateArgs.Fpr, 0.01)
                      Feature = Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")); Tau = tau; Seed = seed
-                     References = if args.Contains CalibrateArgs.Pooled_Reference then Calibration.Pooled else Calibration.PerTask }
+                     References = if args.Contains CalibrateArgs.Pooled_Reference then Calibration.Pooled else Calibration.PerTask
+                     ThresholdFrom = if args.Contains CalibrateArgs.In_Sample_Threshold then Calibration.InSample else Calibration.LeaveOneOut }
         let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples) items
         if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
         let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question, it.Task)

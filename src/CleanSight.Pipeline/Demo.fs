@@ -188,7 +188,7 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let detection: Detection.Distances = { Attack = attack.name; Clean = distances "clean"; Triggered = distances "poisoned" }
     let tau = tauAblation s p session calibration evalSettings manifest attack records
     let sampleCount =
-        Ablations.sampleCount attack.name settings.Whitening settings.Quantile (measured |> Array.map fst) s.SampleSizes s.SampleRepeats s.Seed
+        Ablations.sampleCount attack.name settings (measured |> Array.map fst) s.SampleSizes s.SampleRepeats s.Seed
     let cs = metrics |> Array.find (fun (n, _) -> n = "cleansight") |> snd
     let none = metrics |> Array.find (fun (n, _) -> n = "none") |> snd
     let asrNone, asrCs, auroc = 100.0 * defaultArg none.Asr nan, 100.0 * defaultArg cs.Asr nan, defaultArg cs.Auroc nan

@@ -155,16 +155,22 @@ let tests =
         testList "ablations (chart 6)" [
             test "sample count: sizes below the sample count only, held-out = rest, FPR in [0, 1], seeded" {
                 let clean = gaussian 3 120 (fun _ -> 1.0) (fun _ -> 0.2) 6
-                let rows = Ablations.sampleCount "badnet" Diagonal 0.9 clean [ 1; 10; 40; 120; 200 ] 8 0
+                let settings = { Calibration.defaultSettings 3 with Quantile = 0.9; ThresholdFrom = Calibration.InSample }
+                let rows = Ablations.sampleCount "badnet" settings clean [ 1; 10; 40; 120; 200 ] 8 0
                 Expect.equal (rows |> List.map (fun r -> r.Samples)) [ 10; 40 ] "n < 2 and n ≥ 120 skipped"
                 for r in rows do
                     Expect.equal r.HeldOut (120 - r.Samples) "held out"
                     Expect.isTrue (0.0 <= r.FprMin && r.FprMin <= r.FprMean && r.FprMean <= r.FprMax && r.FprMax <= 1.0) "ordered rates"
                     close 1e-12 r.TargetFpr 0.1 "target"
-                Expect.equal (Ablations.sampleCount "badnet" Diagonal 0.9 clean [ 10; 40 ] 8 0) rows "same seed, same rows"
+                Expect.equal (Ablations.sampleCount "badnet" settings clean [ 10; 40 ] 8 0) rows "same seed, same rows"
                 // with 40 samples the 0.9 quantile holds roughly: FPR near 10 %, far from 0 or 1
                 let r40 = rows |> List.find (fun r -> r.Samples = 40)
                 Expect.isTrue (r40.FprMean > 0.02 && r40.FprMean < 0.35) $"FPR at n = 40: {r40.FprMean}"
+                // γ from leave-one-out distances: held-out FPR nearer the 10 % target at n = 10 than in-sample γ
+                let loo = Ablations.sampleCount "badnet" { settings with ThresholdFrom = Calibration.LeaveOneOut } clean [ 10 ] 8 0
+                let inSample = rows |> List.find (fun r -> r.Samples = 10)
+                Expect.isLessThan (abs (loo.Head.FprMean - 0.1)) (abs (inSample.FprMean - 0.1))
+                    $"n = 10: leave-one-out {loo.Head.FprMean}, in-sample {inSample.FprMean}"
                 let frame = Ablations.sampleCountFrame rows
                 Expect.equal frame.RowCount 2 "frame rows"
                 Expect.containsAll frame.ColumnKeys [ "attack"; "samples"; "fpr_mean"; "fpr_min"; "fpr_max"; "target_fpr" ] "columns"

@@ -159,7 +159,7 @@ let tests =
                     let t = c.Tasks.[task]
                     Expect.equal t.Samples n "its own samples"
                     Expect.equal t.Reference.Mean (fit Diagonal own).Mean "μ of its own rows"
-                    Expect.equal t.CleanDistances (distances t.Reference own) "distances of its own rows"
+                    Expect.equal t.CleanDistances (leaveOneOutDistances Diagonal own) "leave-one-out distances of its own rows (the default)"
                     Expect.equal t.Threshold (threshold 0.99 t.CleanDistances) "γ at the 0.99 quantile of those"
                     Expect.isTrue (t.Reference.Mean |> Array.forall (fun m -> abs (m - (centre + 0.5)) < 0.2)) "μ near its centre"
                 Expect.equal c.Samples 42 "the pooled reference keeps every sample"
@@ -173,6 +173,17 @@ let tests =
                 Expect.equal ofCaptions.Threshold c.Tasks.[Dataset.Caption].Threshold "the caption γ"
                 Expect.isLessThan (d ofCaptions) ofCaptions.Threshold "typical of clean captions"
                 Expect.isGreaterThan (d ofQuestions) ofQuestions.Threshold "far from clean questions"
+            }
+            test "γ from in-sample distances (the paper's) or leave-one-out ones (the default)" {
+                Expect.equal perTask.ThresholdFrom Calibration.LeaveOneOut "the default"
+                let vqa = mixed |> Array.filter (fun (_, t) -> t = Dataset.Vqa) |> Array.map fst
+                let inSample = Calibration.fitTask { perTask with ThresholdFrom = Calibration.InSample } vqa
+                let loo = Calibration.fitTask perTask vqa
+                Expect.equal inSample.CleanDistances (distances inSample.Reference vqa) "in-sample distances"
+                Expect.equal loo.Reference.Mean inSample.Reference.Mean "the same reference"
+                Expect.isGreaterThan loo.Threshold inSample.Threshold "a held-out clean distance is larger: γ too"
+                let two = Calibration.fitTask perTask vqa.[.. 1]
+                Expect.equal two.CleanDistances (distances two.Reference vqa.[.. 1]) "2 samples: in-sample"
             }
             test "pooled, a single task, or a task under 10 samples: the pooled reference" {
                 let pooled = Calibration.fromFeatures noFingerprint "t" { perTask with References = Calibration.Pooled } mixed

@@ -171,6 +171,42 @@ let tests =
                     }
         ]
 
+        testList "(e′) leave-one-out distances" [
+            testPropertyWithConfig config "diagonal: every leave-one-out distance ≥ its in-sample distance" (fun (pr: Problem) ->
+                let rng = Random pr.Seed
+                let clean = correlatedSamples rng (wellConditioned rng pr.Dim) (Vector<float>.Build.Dense(pr.Dim)) (3 + rng.Next 40)
+                let inSample = distances (fit Diagonal clean) clean
+                let loo = leaveOneOutDistances Diagonal clean
+                // per coordinate, (x−μ₋ᵢ)²/σ₋ᵢ² ≥ (x−μ)²/σ² exactly; σ + ε bends it by ~ε/σ
+                Array.iteri2 (fun i d l -> Expect.isGreaterThanOrEqual l (d * (1.0 - 1e-6)) $"sample {i}") inSample loo)
+            test "each is the distance to the reference fitted without that sample; n < 3 is refused" {
+                let rng = Random 11
+                let clean = correlatedSamples rng (wellConditioned rng 5) (Vector<float>.Build.Dense(5)) 12
+                let loo = leaveOneOutDistances (Full LedoitWolf) clean
+                for i in [ 0; 5; 11 ] do
+                    expectClose 1e-12 (distance (fit (Full LedoitWolf) (Array.removeAt i clean)) clean.[i]) loo.[i] $"sample {i}"
+                Expect.throwsT<ArgumentException> (fun () -> leaveOneOutDistances Diagonal clean.[.. 1] |> ignore) "2 samples"
+            }
+            // Few samples per dimension: the in-sample quantile overshoots the FPR, the leave-one-out one
+            // lands near it. q = 0.9, n = 40 clean samples in 8 dimensions, FPR on 20000 fresh ones.
+            for whitening in [ Diagonal; Full LedoitWolf ] do
+                test $"{whitening}: γ from leave-one-out distances holds the FPR nearer the target than in-sample γ" {
+                    let q, p = 0.9, 8
+                    let fprs =
+                        [ for seed in 1 .. 5 ->
+                              let rng = Random seed
+                              let a, b = wellConditioned rng p, Vector<float>.Build.Dense(p, fun _ -> gaussian rng)
+                              let clean = correlatedSamples rng a b 40
+                              let reference = fit whitening clean
+                              let fresh = distances reference (correlatedSamples rng a b 20000)
+                              let fpr gamma = float (fresh |> Array.filter (fun d -> d > gamma)).Length / float fresh.Length
+                              fpr (threshold q (distances reference clean)), fpr (threshold q (leaveOneOutDistances whitening clean)) ]
+                    let inSample, loo = List.averageBy fst fprs, List.averageBy snd fprs
+                    Expect.isLessThan (abs (loo - (1.0 - q))) (abs (inSample - (1.0 - q))) $"leave-one-out {loo:F3}, in-sample {inSample:F3}"
+                    Expect.isLessThan (abs (loo - (1.0 - q))) 0.05 $"leave-one-out FPR {loo:F3} within 5 points of {1.0 - q}"
+                }
+        ]
+
         testList "(f) constant features give no NaN or ∞" [
             let rng = Random 7
             let varying = correlatedSamples rng (wellConditioned rng 3) (Vector<float>.Build.Dense(3)) 30

@@ -7,6 +7,7 @@ open System
 open Deedle
 open Plotly.NET
 open CleanSight.Pipeline
+open CleanSight.Pipeline.Defense
 open CleanSight.Pipeline.Defense.Whitening
 
 // ---- τ ------------------------------------------------------------------------------------------
@@ -45,9 +46,10 @@ type SampleCountRow =
       TargetFpr: float }
 
 /// For each n in `sizes` (2 ≤ n < samples; others are skipped): `repeats` draws of n clean feature
-/// rows (seeded by `seed` and n); each fits a reference and γ (the `quantile` of its own distances),
-/// as calibration does, and counts the held-out rows with d > γ.
-let sampleCount (attack: string) (whitening: Whitening) (quantile: float) (clean: float[][])
+/// rows (seeded by `seed` and n); each fits a reference and γ as calibration does with `settings`
+/// (whitening, quantile, threshold from in-sample or leave-one-out distances), and counts the held-out
+/// rows with d > γ.
+let sampleCount (attack: string) (settings: Calibration.Settings) (clean: float[][])
                 (sizes: int list) (repeats: int) (seed: int) =
     if repeats < 1 then invalidArg (nameof repeats) $"need at least one draw, got {repeats}"
     [ for n in sizes do
@@ -63,13 +65,12 @@ let sampleCount (attack: string) (whitening: Whitening) (quantile: float) (clean
                           order.[j] <- t
                       let fitted = order.[.. n - 1] |> Array.map (fun i -> clean.[i])
                       let heldOut = order.[n ..] |> Array.map (fun i -> clean.[i])
-                      let reference = fit whitening fitted
-                      let gamma = threshold quantile (distances reference fitted)
-                      let flagged = distances reference heldOut |> Array.filter (fun d -> d > gamma) |> Array.length
+                      let t = Calibration.fitTask settings fitted
+                      let flagged = distances t.Reference heldOut |> Array.filter (fun d -> d > t.Threshold) |> Array.length
                       float flagged / float heldOut.Length)
               yield { Attack = attack; Samples = n; Repeats = repeats; HeldOut = clean.Length - n
                       FprMean = Array.average fprs; FprMin = Array.min fprs; FprMax = Array.max fprs
-                      TargetFpr = 1.0 - quantile } ]
+                      TargetFpr = 1.0 - settings.Quantile } ]
 
 // ---- frames and charts --------------------------------------------------------------------------
 

@@ -29,6 +29,16 @@ type References =
     /// A task with fewer than `minTaskSamples` calibration samples is compared with the pooled one.
     | PerTask
 
+/// Which clean distances the threshold γ is the quantile of.
+type ThresholdFrom =
+    /// each calibration sample's distance to the reference fitted on all of them (the paper's code);
+    /// this underestimates a new input's distance, so the clean FPR lands above the target, the more
+    /// so the fewer samples per feature dimension
+    | InSample
+    /// each sample's distance to the reference fitted on the others: an estimate of a new clean
+    /// input's distance, so the FPR lands near the target (with 2 samples, in-sample)
+    | LeaveOneOut
+
 type Settings =
     { Layers: int[]
       Feature: Feature
@@ -37,11 +47,13 @@ type Settings =
       Quantile: float
       Tau: Detector.Tau
       References: References
+      ThresholdFrom: ThresholdFrom
       Seed: int }
 
 let defaultSettings (numLayers: int) =
     { Layers = Detector.defaultLayers numLayers; Feature = Ratio; Whitening = Diagonal
-      Quantile = 0.99; Tau = Detector.defaultTau; References = PerTask; Seed = 0 }
+      Quantile = 0.99; Tau = Detector.defaultTau; References = PerTask
+      ThresholdFrom = LeaveOneOut; Seed = 0 }
 
 /// The fewest calibration samples a task needs for a reference of its own (the method notes: about 10
 /// clean samples already hold the FPR under 20 %).
@@ -51,7 +63,8 @@ let minTaskSamples = 10
 /// and of the projector's values (the part an adapter changes).
 type Fingerprint = { Config: string; Tensors: string; Projector: string }
 
-/// A reference fitted on one task's clean samples, with their distances and its threshold.
+/// A reference fitted on one task's clean samples, the clean distances its threshold is the quantile
+/// of (`Settings.ThresholdFrom`), and the threshold.
 type TaskReference = { Samples: int; Reference: Reference; CleanDistances: float[]; Threshold: float }
 
 /// `Samples`, `Reference`, `CleanDistances` and `Threshold` are the pooled reference over every
@@ -74,7 +87,7 @@ let detection (c: Calibration) (task: Dataset.Task) : CleanSightPolicy.Detection
     | None -> { Reference = c.Reference; Threshold = c.Threshold }
 
 let formatName = "cleansight-calibration"
-/// 2: per-task references (`references`, `tasks`)
+/// 2: per-task references (`references`, `tasks`) and `threshold_from`
 let formatVersion = 2
 
 let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes).ToLowerInvariant()
@@ -118,7 +131,10 @@ let features (session: LlavaSession) (settings: Settings) (image: RgbImage) (que
 /// Fits a reference and its threshold on clean feature vectors.
 let fitTask (settings: Settings) (clean: float[][]) =
     let reference = fit settings.Whitening clean
-    let d = distances reference clean
+    let d =
+        match settings.ThresholdFrom with
+        | LeaveOneOut when clean.Length >= 3 -> leaveOneOutDistances settings.Whitening clean
+        | _ -> distances reference clean
     { Samples = clean.Length; Reference = reference; CleanDistances = d; Threshold = threshold settings.Quantile d }
 
 /// Fits the pooled reference and, per `settings.References`, one per task on clean (features, task)
@@ -168,6 +184,10 @@ let parseFeature = function
     | s -> invalidArg "feature" $"unknown feature '{s}' (ratio, log-ratio, visual-share)"
 let whiteningName = function Diagonal -> "diagonal" | Full _ -> "full"
 let referencesName = function Pooled -> "pooled" | PerTask -> "per-task"
+let thresholdFromName = function InSample -> "in-sample" | LeaveOneOut -> "leave-one-out"
+let parseThresholdFrom = function
+    | "in-sample" -> InSample | "leave-one-out" -> LeaveOneOut
+    | s -> invalidArg "threshold_from" $"unknown threshold_from '{s}' (in-sample, leave-one-out)"
 let parseReferences = function
     | "pooled" -> Pooled | "per-task" -> PerTask
     | s -> invalidArg "references" $"unknown references '{s}' (pooled, per-task)"
@@ -205,6 +225,7 @@ let private body (c: Calibration) =
           "quantile", JsonValue.Create c.Settings.Quantile
           "tau", tauJson c.Settings.Tau
           "references", JsonValue.Create(referencesName c.Settings.References)
+          "threshold_from", JsonValue.Create(thresholdFromName c.Settings.ThresholdFrom)
           "seed", JsonValue.Create c.Settings.Seed ]
     let tasks = obj [ for KeyValue(task, t) in c.Tasks -> Dataset.taskName task, obj (referenceFields t) :> JsonNode ]
     obj (settings @ referenceFields pooled @ [ "tasks", tasks :> JsonNode ])
@@ -267,6 +288,7 @@ let load (path: string) (session: LlavaSession) : Calibration =
               Quantile = o.["quantile"].GetValue<float>()
               Tau = tau
               References = parseReferences (o.["references"].GetValue<string>())
+              ThresholdFrom = parseThresholdFrom (o.["threshold_from"].GetValue<string>())
               Seed = o.["seed"].GetValue<int>() }
         let pooled = referenceOf whitening o
         let tasks =

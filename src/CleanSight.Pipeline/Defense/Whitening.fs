@@ -163,6 +163,15 @@ let distances (reference: Reference) (xs: float[][]) : float[] =
         | Ok d -> d
         | Error why -> invalidArg (nameof xs) $"sample {i}: {why}")
 
+/// Each clean sample's distance to the reference fitted on the other n − 1 samples: the distance a
+/// new clean input gets, which the in-sample distance underestimates (the reference was fitted on that
+/// very sample; for diagonal whitening every coordinate's leave-one-out z² is at least its in-sample
+/// z², up to ε). Needs n ≥ 3 (each fit needs 2).
+let leaveOneOutDistances (whitening: Whitening) (features: float[][]) : float[] =
+    let n = if isNull features then 0 else features.Length
+    if n < 3 then invalidArg (nameof features) $"leave-one-out distances need at least 3 clean samples, got {n}"
+    features |> Array.mapi (fun i x -> distance (fit whitening (Array.removeAt i features)) x)
+
 // ---- threshold --------------------------------------------------------------------------------
 
 /// How a quantile falls between order statistics x₍₀₎ ≤ … ≤ x₍ₙ₋₁₎.
