@@ -247,7 +247,7 @@ let private writeReport (s: Settings) (results: AttackResult list) =
           yield Report.Figure(AttentionStealing.chart attention layers)
           yield Report.Heading "2. Where triggered inputs leave the clean reference: layer × head"
           let c = deviation.Head
-          yield Report.Text $"Mean over {c.TriggeredSamples} triggered test inputs of (s − μ)/σ per layer and head, μ and σ from the {c.CleanSamples} clean calibration samples; at the detection layers (◆) these are the coordinates of the detector's distance."
+          yield Report.Text $"Mean over {c.TriggeredSamples} triggered test inputs of (s − μ)/σ per layer and head, μ and σ from the {c.CleanSamples} clean calibration samples; at the detection layers (◆) these are the coordinates of the pooled reference's distance (with one reference per task, each task's μ and σ shift them)."
           yield Report.Figure(HeadDeviation.chart deviation)
           yield Report.Heading "3. One triggered input up close"
           yield Report.Text "The last prompt token's attention on each image token at the last detection layer (max over heads), the tokens above τ outlined, and every defense's answer."
@@ -261,7 +261,7 @@ let private writeReport (s: Settings) (results: AttackResult list) =
           yield Report.Figure(perDefenseChart "Clean utility (%, official VQA accuracy) per defense" "utility %" (fun m -> m.Clean.Utility) results)
           yield Report.Table(tableHeader, tableRows results)
           yield Report.Heading "6. Ablations"
-          yield Report.Text $"τ: purification forced on every input, on the first {min s.AblationInputs s.Test} clean and triggered test inputs; each line runs through τ·T = {taus} and no purification (lower τ prunes more). Clean samples: {s.SampleRepeats} seeded draws of n calibration samples each; threshold at the {quantile} quantile of their own distances; FPR on the calibration samples not drawn."
+          yield Report.Text $"τ: purification forced on every input, on the first {min s.AblationInputs s.Test} clean and triggered test inputs; each line runs through τ·T = {taus} and no purification (lower τ prunes more). Clean samples: {s.SampleRepeats} seeded draws of n calibration samples each; threshold at the {quantile} quantile of their {Calibration.thresholdFromName results.Head.Calibration.Settings.ThresholdFrom} distances, as calibrate sets it; FPR on the calibration samples not drawn."
           yield Report.Figure(Ablations.tauChart tau)
           yield Report.Figure(Ablations.sampleCountChart sampleCount) ]
 
