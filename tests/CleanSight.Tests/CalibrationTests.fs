@@ -123,6 +123,16 @@ let tests =
             Expect.stringContains message path "names the file"
             Expect.stringContains message "checksum" "says checksum"
         }
+        test "a file of format version 1 (before per-task references) is refused, naming the file and what to do" {
+            let path = saved ()
+            let o = JsonNode.Parse(File.ReadAllText path)
+            o.["version"] <- JsonValue.Create 1
+            File.WriteAllText(path, o.ToJsonString())
+            let message = inputError (fun () -> Calibration.load path session.Value)
+            Expect.stringContains message path "names the file"
+            Expect.stringContains message "version 1" "names the version"
+            Expect.stringContains message "calibrate again" "says what to do"
+        }
         test "a file made for another model (another projector) is refused" {
             let path = saved ()
             use adapted = LlavaSession.Load(Fixtures.tinyLlava, adapter = otherAdapter.Value)

@@ -251,7 +251,7 @@ let load (path: string) (session: LlavaSession) : Calibration =
     try
         if o.["format"].GetValue<string>() <> formatName then fail "not a CleanSight calibration file"
         let version = o.["version"].GetValue<int>()
-        if version <> formatVersion then fail $"calibration format version {version} is not supported (expected {formatVersion})"
+        if version <> formatVersion then fail $"calibration format version {version} is not supported (expected {formatVersion}): run calibrate again"
         let stored = o.["sha256"].GetValue<string>()
         let copy = o.DeepClone().AsObject()
         copy.Remove "sha256" |> ignore
