@@ -21,12 +21,12 @@ let world (args: ParseResults<WorldArgs>) =
     ignore manifest
     0
 
-/// One line of held-out caption CIDEr-D per caption request.
-let private logCaptions (log: string -> unit) (model: CleanSight.Core.Model.LlavaForConditionalGeneration) (tok: LlavaTokenizer) (images: int) =
+/// The held-out caption CIDEr-D per caption request, as one line.
+let private captionLine (model: CleanSight.Core.Model.LlavaForConditionalGeneration) (tok: LlavaTokenizer) (images: int) =
     let parts =
         BaseModel.heldOutCaptions model tok images
         |> Array.map (fun (prompt, c) -> $"\"{prompt}\" {c:F2}") |> String.concat ", "
-    log $"held-out caption CIDEr-D on {images} clean-test images: {parts}"
+    $"held-out caption CIDEr-D on {images} clean-test images: {parts}"
 
 /// The base recipe with train-base's overrides (steps, decoder depth, heads and width, conversation turns, decoder batch and
 /// learning rate, projector parametrisation, LLaVA's text pre-training and alignment stages).
@@ -74,8 +74,9 @@ let trainBase (args: ParseResults<TrainBaseArgs>) =
     let tok = LlavaTokenizer.Load out
     let overall, byKind = BaseModel.heldOutAccuracy model tok 300
     let kinds = byKind |> Array.map (fun (k, a) -> $"{k} {100.0 * a:F0}%%") |> String.concat ", "
-    log $"held-out VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions ({kinds})"
-    logCaptions log model tok 100
+    // the measured results go to stdout, with or without --no-progress; the path written last
+    printfn "%s" $"held-out VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions ({kinds})"
+    printfn "%s" (captionLine model tok 100)
     printfn "%s" out
     0
 
@@ -100,10 +101,11 @@ let attack (args: ParseResults<AttackArgs>) =
     use session = LlavaSession.Load(args.GetResult AttackArgs.Model)
     Attacks.run spec session.Model session.Tokenizer session.Preprocessor log |> ignore
     let asr, cleanAsr = Attacks.heldOutAsr spec session.Model session.Tokenizer session.Preprocessor 100
-    log $"{spec.Name}: held-out ASR {100.0 * asr:F0}%% on 100 triggered clean-test images, {100.0 * cleanAsr:F0}%% on the same images clean"
+    // the measured results go to stdout, with or without --no-progress; the path written last
+    printfn "%s" $"{spec.Name}: held-out ASR {100.0 * asr:F0}%% on 100 triggered clean-test images, {100.0 * cleanAsr:F0}%% on the same images clean"
     let overall, _ = BaseModel.heldOutAccuracy session.Model session.Tokenizer 300
-    log $"{spec.Name}: held-out clean VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions"
-    logCaptions log session.Model session.Tokenizer 100
+    printfn "%s" $"{spec.Name}: held-out clean VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions"
+    printfn "%s" $"{spec.Name}: {captionLine session.Model session.Tokenizer 100}"
     let out = args.GetResult AttackArgs.Out
     TinyLlava.saveAdapter out session.Model
         [ "attack", spec.Name; "target", spec.Target; "mode", Materialize.modeName spec.Mode

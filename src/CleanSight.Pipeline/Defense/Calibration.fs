@@ -184,13 +184,13 @@ let parseFeature = function
     | s -> invalidArg "feature" $"unknown feature '{s}' (ratio, log-ratio, visual-share)"
 let whiteningName = function Diagonal -> "diagonal" | Full _ -> "full"
 let referencesName = function Pooled -> "pooled" | PerTask -> "per-task"
+let parseReferences = function
+    | "pooled" -> Pooled | "per-task" -> PerTask
+    | s -> invalidArg "references" $"unknown references '{s}' (pooled, per-task)"
 let thresholdFromName = function InSample -> "in-sample" | LeaveOneOut -> "leave-one-out"
 let parseThresholdFrom = function
     | "in-sample" -> InSample | "leave-one-out" -> LeaveOneOut
     | s -> invalidArg "threshold_from" $"unknown threshold_from '{s}' (in-sample, leave-one-out)"
-let parseReferences = function
-    | "pooled" -> Pooled | "per-task" -> PerTask
-    | s -> invalidArg "references" $"unknown references '{s}' (pooled, per-task)"
 let tauJson = function
     | Detector.Absolute t -> obj [ "kind", JsonValue.Create "absolute"; "value", JsonValue.Create t ]
     | Detector.RelativeToUniform r -> obj [ "kind", JsonValue.Create "relative"; "value", JsonValue.Create r ]
