@@ -76,13 +76,15 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         | None | Some "replace" | Some "insert" -> () // how the attack places its target (ASR is containment either way)
         | Some mode -> raise (InputError("--mode", $"'{mode}' is not replace or insert"))
         let clean, poisoned = args.GetResult EvaluateArgs.Clean, args.GetResult EvaluateArgs.Poisoned
-        Dataset.read clean |> ignore
-        Dataset.read poisoned |> ignore
+        let tasks = Array.append (Dataset.read clean) (Dataset.read poisoned) |> Array.map (fun it -> it.Task)
         use session = LlavaSession.Load(args.GetResult EvaluateArgs.Model, adapter = (args.TryGetResult EvaluateArgs.Adapter |> Option.toObj))
         let calibrationPath = args.GetResult EvaluateArgs.Calibration
         let calibration = Calibration.load calibrationPath session
         if calibration.Template <> session.Template then
             raise (InputError(calibrationPath, "was made with another prompt template"))
+        for task, n in Calibration.foreignTasks calibration tasks do
+            let name = Dataset.taskName task
+            progress.Log $"note: {name} inputs are compared with clean inputs of another kind: {calibrationPath} has {n} {name} samples (a reference of their own needs {Calibration.minTaskSamples})"
         let settings: Evaluation.Settings =
             { Defenses = defenses; Target = args.GetResult EvaluateArgs.Target
               MaxNewTokens = args.GetResult(EvaluateArgs.Max_New_Tokens, 32)

@@ -206,6 +206,19 @@ let tests =
                 Expect.equal (few.Tasks |> Map.keys |> List.ofSeq) [ Dataset.Vqa ] "9 captions < 10: no caption reference"
                 Expect.equal (Calibration.detection few Dataset.Caption).Threshold few.Threshold "captions use the pooled γ"
             }
+            test "which evaluated tasks meet clean inputs of another kind (evaluate's note)" {
+                let both = Calibration.fromFeatures noFingerprint "t" perTask mixed
+                Expect.equal both.TaskSamples (Map [ Dataset.Vqa, 30; Dataset.Caption, 12 ]) "samples per task"
+                Expect.isEmpty (Calibration.foreignTasks both [ Dataset.Vqa; Dataset.Caption ]) "each has its own reference"
+                let few = Calibration.fromFeatures noFingerprint "t" perTask (Array.append (rows 1 Dataset.Vqa 0.0 30) (rows 2 Dataset.Caption 5.0 9))
+                Expect.equal (Calibration.foreignTasks few [ Dataset.Vqa; Dataset.Caption; Dataset.Caption ]) [ Dataset.Caption, 9 ]
+                    "9 captions: compared with a reference dominated by questions"
+                let questionsOnly = Calibration.fromFeatures noFingerprint "t" perTask (rows 1 Dataset.Vqa 0.0 30)
+                Expect.isEmpty (Calibration.foreignTasks questionsOnly [ Dataset.Vqa ]) "questions against questions"
+                Expect.equal (Calibration.foreignTasks questionsOnly [ Dataset.Caption ]) [ Dataset.Caption, 0 ] "captions against questions"
+                let pooled = Calibration.fromFeatures noFingerprint "t" { perTask with References = Calibration.Pooled } mixed
+                Expect.isEmpty (Calibration.foreignTasks pooled [ Dataset.Vqa; Dataset.Caption ]) "pooled on purpose: both kinds are in it"
+            }
             test "through the model: per-task references round-trip through the file" {
                 let c = Calibration.calibrate session.Value settings (Array.append (samples 12) (captionSamples 10)) (fun _ _ -> ())
                 Expect.equal (c.Tasks |> Map.keys |> List.ofSeq) [ Dataset.Vqa; Dataset.Caption ] "both tasks"
@@ -218,6 +231,7 @@ let tests =
                     Expect.equal (b.Samples, b.Threshold, b.CleanDistances) (t.Samples, t.Threshold, t.CleanDistances) $"{task}"
                     Expect.equal (b.Reference.Mean, b.Reference.Std) (t.Reference.Mean, t.Reference.Std) $"{task} μ, σ"
                 Expect.equal back.Threshold c.Threshold "pooled γ"
+                Expect.equal back.TaskSamples (Map [ Dataset.Vqa, 12; Dataset.Caption, 10 ]) "samples per task"
             }
         ]
         test "progress is reported once per sample" {

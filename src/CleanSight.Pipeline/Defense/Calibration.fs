@@ -68,7 +68,8 @@ type Fingerprint = { Config: string; Tensors: string; Projector: string }
 type TaskReference = { Samples: int; Reference: Reference; CleanDistances: float[]; Threshold: float }
 
 /// `Samples`, `Reference`, `CleanDistances` and `Threshold` are the pooled reference over every
-/// calibration sample; `Tasks` holds the per-task ones (empty when pooled, or when there is one task).
+/// calibration sample; `Tasks` holds the per-task ones (empty when pooled, or when there is one task);
+/// `TaskSamples` counts the calibration samples of each task.
 type Calibration =
     { Fingerprint: Fingerprint
       Settings: Settings
@@ -77,7 +78,8 @@ type Calibration =
       Reference: Reference
       CleanDistances: float[]
       Threshold: float
-      Tasks: Map<Dataset.Task, TaskReference> }
+      Tasks: Map<Dataset.Task, TaskReference>
+      TaskSamples: Map<Dataset.Task, int> }
 
 /// What an input of `task` is compared with: its task's reference if the calibration has one, else
 /// the pooled reference.
@@ -86,8 +88,18 @@ let detection (c: Calibration) (task: Dataset.Task) : CleanSightPolicy.Detection
     | Some t -> { Reference = t.Reference; Threshold = t.Threshold }
     | None -> { Reference = c.Reference; Threshold = c.Threshold }
 
+/// The tasks among `tasks` whose inputs would be compared with clean inputs of another kind — absent
+/// from the calibration, or with too few samples for a reference of their own while other tasks have
+/// one — with their calibration sample counts. Empty when every task meets clean inputs of its kind.
+let foreignTasks (c: Calibration) (tasks: Dataset.Task seq) =
+    let count t = defaultArg (c.TaskSamples.TryFind t) 0
+    let ownKind t =
+        c.Tasks.ContainsKey t
+        || (count t > 0 && (c.TaskSamples.Count = 1 || c.Settings.References = Pooled))
+    tasks |> Seq.distinct |> Seq.filter (ownKind >> not) |> Seq.map (fun t -> t, count t) |> Seq.toList
+
 let formatName = "cleansight-calibration"
-/// 2: per-task references (`references`, `tasks`) and `threshold_from`
+/// 2: per-task references (`references`, `task_samples`, `tasks`) and `threshold_from`
 let formatVersion = 2
 
 let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes).ToLowerInvariant()
@@ -151,7 +163,8 @@ let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clea
             |> Map.ofArray
         | _ -> Map.empty
     { Fingerprint = fp; Settings = settings; Template = template; Samples = pooled.Samples
-      Reference = pooled.Reference; CleanDistances = pooled.CleanDistances; Threshold = pooled.Threshold; Tasks = tasks }
+      Reference = pooled.Reference; CleanDistances = pooled.CleanDistances; Threshold = pooled.Threshold; Tasks = tasks
+      TaskSamples = byTask |> Array.map (fun (task, rows) -> task, rows.Length) |> Map.ofArray }
 
 /// Calibrates on clean (image, question, task) samples, also returning each sample's (features,
 /// attention sums at the `record` layers) (see `featuresAndSums`); `progress done total` after each.
@@ -228,7 +241,8 @@ let private body (c: Calibration) =
           "threshold_from", JsonValue.Create(thresholdFromName c.Settings.ThresholdFrom)
           "seed", JsonValue.Create c.Settings.Seed ]
     let tasks = obj [ for KeyValue(task, t) in c.Tasks -> Dataset.taskName task, obj (referenceFields t) :> JsonNode ]
-    obj (settings @ referenceFields pooled @ [ "tasks", tasks :> JsonNode ])
+    let taskSamples = obj [ for KeyValue(task, n) in c.TaskSamples -> Dataset.taskName task, JsonValue.Create n :> JsonNode ]
+    obj (settings @ referenceFields pooled @ [ "task_samples", taskSamples :> JsonNode; "tasks", tasks :> JsonNode ])
 
 let private checksum (o: JsonObject) = sha256 (Encoding.UTF8.GetBytes(o.ToJsonString()))
 
@@ -291,16 +305,19 @@ let load (path: string) (session: LlavaSession) : Calibration =
               ThresholdFrom = parseThresholdFrom (o.["threshold_from"].GetValue<string>())
               Seed = o.["seed"].GetValue<int>() }
         let pooled = referenceOf whitening o
-        let tasks =
-            [ for KeyValue(name, t) in o.["tasks"].AsObject() ->
+        let byTask (field: string) (value: JsonNode -> 'T) =
+            [ for KeyValue(name, t) in o.[field].AsObject() ->
                   match Dataset.tryParseTask name with
-                  | Some task -> task, referenceOf whitening t
-                  | None -> fail $"unknown task '{name}' in \"tasks\"" ]
+                  | Some task -> task, value t
+                  | None -> fail $"unknown task '{name}' in \"{field}\"" ]
             |> Map.ofList
+        let tasks = byTask "tasks" (referenceOf whitening)
+        let taskSamples = byTask "task_samples" (fun n -> n.GetValue<int>())
         if settings.Layers |> Array.exists (fun l -> l < 0 || l >= session.Config.Text.NumHiddenLayers) then
             fail $"detection layers {settings.Layers} do not exist in a {session.Config.Text.NumHiddenLayers}-layer model"
         { Fingerprint = fp; Settings = settings; Template = o.["prompt_template"].GetValue<string>(); Samples = pooled.Samples
-          Reference = pooled.Reference; CleanDistances = pooled.CleanDistances; Threshold = pooled.Threshold; Tasks = tasks }
+          Reference = pooled.Reference; CleanDistances = pooled.CleanDistances; Threshold = pooled.Threshold; Tasks = tasks
+          TaskSamples = taskSamples }
     with
     | :? InputError -> reraise ()
     | e -> fail $"malformed calibration file ({e.GetType().Name}: {e.Message.Split('\n').[0]})"
