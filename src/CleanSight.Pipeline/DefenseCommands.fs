@@ -56,6 +56,13 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let p = calibration.Reference.Dimension
         if chosen.Length <= p then
             log $"note: {chosen.Length} samples for {p} feature dimensions; shrinkage {calibration.Reference.ShrinkageUsed:F3} keeps the reference usable"
+        let need = Calibration.samplesForQuantile settings.Quantile
+        let references =
+            if calibration.Tasks.IsEmpty then [ "the reference", calibration.Samples ]
+            else [ for KeyValue(task, t) in calibration.Tasks -> $"the {Dataset.taskName task} reference", t.Samples ]
+        for what, n in references do
+            if n < need then
+                log $"note: {what} has {n} samples; a threshold at the {settings.Quantile} quantile needs about {need} to hold its FPR"
         let out = args.GetResult CalibrateArgs.Out
         Calibration.save out calibration
         printfn "%s: %d samples, layers %s, %s whitening, threshold %.4g (clean quantile %.3g)"

@@ -195,6 +195,12 @@ let tests =
                 let two = Calibration.fitTask perTask vqa.[.. 1]
                 Expect.equal two.CleanDistances (distances two.Reference vqa.[.. 1]) "2 samples: in-sample"
             }
+            test "samples a quantile needs: ⌈1 / (1 − q)⌉" {
+                Expect.equal (Calibration.samplesForQuantile 0.99) 100 "q = 0.99"
+                Expect.equal (Calibration.samplesForQuantile 0.95) 20 "q = 0.95"
+                Expect.equal (Calibration.samplesForQuantile 0.9) 10 "q = 0.9"
+                Expect.equal (Calibration.samplesForQuantile 0.975) 40 "q = 0.975"
+            }
             test "pooled, a single task, or a task under 10 samples: the pooled reference" {
                 let pooled = Calibration.fromFeatures noFingerprint "t" { perTask with References = Calibration.Pooled } mixed
                 Expect.isEmpty pooled.Tasks "pooled: no per-task reference"
