@@ -54,12 +54,12 @@ for attack in Attacks.all Attacks.defaultTarget do
             rows.Add(attack.Name, "start layer", string start, auroc Whitening.Ratio Whitening.Diagonal [| start .. start + 2 |])
         // clean-sample count → FPR on held-out clean inputs (γ at the 0.99 quantile of the in-sample
         // distances, as the paper's code, and of the leave-one-out distances, calibrate's default)
+        let settings = { Calibration.defaultSettings layersOf with Layers = det }
+        let calFeatures, cleanFeatures = cal |> Array.map (AttentionStealing.featuresAt settings.Feature det), clean |> Array.map (AttentionStealing.featuresAt settings.Feature det)
         for from in [ Calibration.InSample; Calibration.LeaveOneOut ] do
-            let settings = { Calibration.defaultSettings layersOf with Layers = det; ThresholdFrom = from }
             for n in [ 10; 25; 50; 100; 200 ] do
-                let f = cal |> Array.truncate n |> Array.map (AttentionStealing.featuresAt settings.Feature det)
-                let t = Calibration.fitTask settings f
-                let fpr = clean |> Array.averageBy (fun s -> if Whitening.distance t.Reference (AttentionStealing.featuresAt settings.Feature det s) > t.Threshold then 1.0 else 0.0)
+                let t = Calibration.fitReference { settings with ThresholdFrom = from } (Array.truncate n calFeatures)
+                let fpr = cleanFeatures |> Array.averageBy (fun f -> if Whitening.distance t.Reference f > t.Threshold then 1.0 else 0.0)
                 rows.Add(attack.Name, $"clean samples → FPR ({Calibration.thresholdFromName from} γ)", string n, fpr)
         printfn "%s: done" attack.Name
 

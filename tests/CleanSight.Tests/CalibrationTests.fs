@@ -187,12 +187,12 @@ let tests =
             test "γ from in-sample distances (the paper's) or leave-one-out ones (the default)" {
                 Expect.equal perTask.ThresholdFrom Calibration.LeaveOneOut "the default"
                 let vqa = mixed |> Array.filter (fun (_, t) -> t = Dataset.Vqa) |> Array.map fst
-                let inSample = Calibration.fitTask { perTask with ThresholdFrom = Calibration.InSample } vqa
-                let loo = Calibration.fitTask perTask vqa
+                let inSample = Calibration.fitReference { perTask with ThresholdFrom = Calibration.InSample } vqa
+                let loo = Calibration.fitReference perTask vqa
                 Expect.equal inSample.CleanDistances (distances inSample.Reference vqa) "in-sample distances"
                 Expect.equal loo.Reference.Mean inSample.Reference.Mean "the same reference"
                 Expect.isGreaterThan loo.Threshold inSample.Threshold "a held-out clean distance is larger: γ too"
-                let two = Calibration.fitTask perTask vqa.[.. 1]
+                let two = Calibration.fitReference perTask vqa.[.. 1]
                 Expect.equal two.CleanDistances (distances two.Reference vqa.[.. 1]) "2 samples: in-sample"
             }
             test "samples a quantile needs: ⌈1 / (1 − q)⌉" {

@@ -65,7 +65,7 @@ let sampleCount (attack: string) (settings: Calibration.Settings) (clean: float[
                           order.[j] <- t
                       let fitted = order.[.. n - 1] |> Array.map (fun i -> clean.[i])
                       let heldOut = order.[n ..] |> Array.map (fun i -> clean.[i])
-                      let t = Calibration.fitTask settings fitted
+                      let t = Calibration.fitReference settings fitted
                       let flagged = distances t.Reference heldOut |> Array.filter (fun d -> d > t.Threshold) |> Array.length
                       float flagged / float heldOut.Length)
               yield { Attack = attack; Samples = n; Repeats = repeats; HeldOut = clean.Length - n

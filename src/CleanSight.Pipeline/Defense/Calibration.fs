@@ -68,23 +68,24 @@ let samplesForQuantile (quantile: float) = int (ceil (1.0 / (1.0 - quantile) - 1
 /// and of the projector's values (the part an adapter changes).
 type Fingerprint = { Config: string; Tensors: string; Projector: string }
 
-/// A reference fitted on one task's clean samples, the clean distances its threshold is the quantile
-/// of (`Settings.ThresholdFrom`), and the threshold.
-type TaskReference = { Samples: int; Reference: Reference; CleanDistances: float[]; Threshold: float }
+/// A reference fitted on clean samples (all of them, or one task's), the clean distances its threshold
+/// is the quantile of (`Settings.ThresholdFrom`), and the threshold.
+type Fitted = { Samples: int; Reference: Reference; CleanDistances: float[]; Threshold: float }
 
-/// `Samples`, `Reference`, `CleanDistances` and `Threshold` are the pooled reference over every
-/// calibration sample; `Tasks` holds the per-task ones (empty when pooled, or when there is one task);
-/// `TaskSamples` counts the calibration samples of each task.
+/// `Pooled` is fitted on every calibration sample; `Tasks` holds the per-task references (empty when
+/// pooled, or when there is one task); `TaskSamples` counts the calibration samples of each task.
 type Calibration =
     { Fingerprint: Fingerprint
       Settings: Settings
       Template: string
-      Samples: int
-      Reference: Reference
-      CleanDistances: float[]
-      Threshold: float
-      Tasks: Map<Dataset.Task, TaskReference>
+      Pooled: Fitted
+      Tasks: Map<Dataset.Task, Fitted>
       TaskSamples: Map<Dataset.Task, int> }
+    /// the pooled reference's sample count, reference, clean distances and threshold
+    member c.Samples = c.Pooled.Samples
+    member c.Reference = c.Pooled.Reference
+    member c.CleanDistances = c.Pooled.CleanDistances
+    member c.Threshold = c.Pooled.Threshold
 
 /// What an input of `task` is compared with: its task's reference if the calibration has one, else
 /// the pooled reference.
@@ -146,7 +147,7 @@ let features (session: LlavaSession) (settings: Settings) (image: RgbImage) (que
     featuresAndSums session settings [||] image question |> fst
 
 /// Fits a reference and its threshold on clean feature vectors.
-let fitTask (settings: Settings) (clean: float[][]) =
+let fitReference (settings: Settings) (clean: float[][]) =
     let reference = fit settings.Whitening clean
     let d =
         match settings.ThresholdFrom with
@@ -157,18 +158,17 @@ let fitTask (settings: Settings) (clean: float[][]) =
 /// Fits the pooled reference and, per `settings.References`, one per task on clean (features, task)
 /// pairs: every task with at least `minTaskSamples` samples, when there is more than one task.
 let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clean: (float[] * Dataset.Task)[]) =
-    let pooled = fitTask settings (Array.map fst clean)
+    let pooled = fitReference settings (Array.map fst clean)
     let byTask = clean |> Array.groupBy snd
     let tasks =
         match settings.References with
         | PerTask when byTask.Length > 1 ->
             byTask
             |> Array.filter (fun (_, rows) -> rows.Length >= minTaskSamples)
-            |> Array.map (fun (task, rows) -> task, fitTask settings (Array.map fst rows))
+            |> Array.map (fun (task, rows) -> task, fitReference settings (Array.map fst rows))
             |> Map.ofArray
         | _ -> Map.empty
-    { Fingerprint = fp; Settings = settings; Template = template; Samples = pooled.Samples
-      Reference = pooled.Reference; CleanDistances = pooled.CleanDistances; Threshold = pooled.Threshold; Tasks = tasks
+    { Fingerprint = fp; Settings = settings; Template = template; Pooled = pooled; Tasks = tasks
       TaskSamples = byTask |> Array.map (fun (task, rows) -> task, rows.Length) |> Map.ofArray }
 
 /// Calibrates on clean (image, question, task) samples, also returning each sample's (features,
@@ -214,7 +214,7 @@ let tauJson = function
     | Detector.RelativeToUniform r -> obj [ "kind", JsonValue.Create "relative"; "value", JsonValue.Create r ]
 
 /// One reference's fields (the pooled one sits at the top level, each task's in `tasks`).
-let private referenceFields (t: TaskReference) =
+let private referenceFields (t: Fitted) =
     let r = t.Reference
     [ "samples", JsonValue.Create t.Samples :> JsonNode
       "threshold", JsonValue.Create t.Threshold
@@ -229,7 +229,6 @@ let private referenceFields (t: TaskReference) =
 
 /// The JSON body (everything but the checksum).
 let private body (c: Calibration) =
-    let pooled = { Samples = c.Samples; Reference = c.Reference; CleanDistances = c.CleanDistances; Threshold = c.Threshold }
     let settings: (string * JsonNode) list =
         [ "format", JsonValue.Create formatName
           "version", JsonValue.Create formatVersion
@@ -247,7 +246,7 @@ let private body (c: Calibration) =
           "seed", JsonValue.Create c.Settings.Seed ]
     let tasks = obj [ for KeyValue(task, t) in c.Tasks -> Dataset.taskName task, obj (referenceFields t) :> JsonNode ]
     let taskSamples = obj [ for KeyValue(task, n) in c.TaskSamples -> Dataset.taskName task, JsonValue.Create n :> JsonNode ]
-    obj (settings @ referenceFields pooled @ [ "task_samples", taskSamples :> JsonNode; "tasks", tasks :> JsonNode ])
+    obj (settings @ referenceFields c.Pooled @ [ "task_samples", taskSamples :> JsonNode; "tasks", tasks :> JsonNode ])
 
 let private checksum (o: JsonObject) = sha256 (Encoding.UTF8.GetBytes(o.ToJsonString()))
 
@@ -320,8 +319,7 @@ let load (path: string) (session: LlavaSession) : Calibration =
         let taskSamples = byTask "task_samples" (fun n -> n.GetValue<int>())
         if settings.Layers |> Array.exists (fun l -> l < 0 || l >= session.Config.Text.NumHiddenLayers) then
             fail $"detection layers {settings.Layers} do not exist in a {session.Config.Text.NumHiddenLayers}-layer model"
-        { Fingerprint = fp; Settings = settings; Template = o.["prompt_template"].GetValue<string>(); Samples = pooled.Samples
-          Reference = pooled.Reference; CleanDistances = pooled.CleanDistances; Threshold = pooled.Threshold; Tasks = tasks
+        { Fingerprint = fp; Settings = settings; Template = o.["prompt_template"].GetValue<string>(); Pooled = pooled; Tasks = tasks
           TaskSamples = taskSamples }
     with
     | :? InputError -> reraise ()
