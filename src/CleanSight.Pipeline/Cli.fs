@@ -105,6 +105,7 @@ type CalibrateArgs =
     | Samples of n: int
     | Pooled_Reference
     | In_Sample_Threshold
+    | Template of text: string
     | Seed of n: int
     | No_Progress
     interface IArgParserTemplate with
@@ -114,6 +115,7 @@ type CalibrateArgs =
             | Adapter _ -> "projector adapter overlaid on the model"
             | Data _ -> "clean samples (dataset JSONL)"
             | Out _ -> "calibration file to write"
+            | Template _ -> "prompt template with one <image> and one {question} (default: llava-1.5's); recorded in the file, and evaluate prompts with it"
             | Pooled_Reference -> "one clean reference for every task (default: one per task with ≥ 10 samples, e.g. VQA and captions)"
             | In_Sample_Threshold -> "γ from the in-sample clean distances, as the paper's code (default: leave-one-out distances)"
             | Layers _ -> "detection layers, 0-indexed, e.g. 2,3,4 (default: 3 layers at the paper's relative depth)"

@@ -6,6 +6,7 @@ open System.IO
 open Argu
 open CleanSight.Core
 open CleanSight.Core.Inference
+open CleanSight.Core.Text
 open CleanSight.Core.Vision
 open CleanSight.Pipeline.Cli
 open CleanSight.Pipeline.Data
@@ -24,7 +25,11 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let log = progress.Log
         let dataPath = args.GetResult CalibrateArgs.Data
         let items = Dataset.read dataPath
-        use session = LlavaSession.Load(args.GetResult CalibrateArgs.Model, adapter = (args.TryGetResult CalibrateArgs.Adapter |> Option.toObj))
+        let template = args.GetResult(CalibrateArgs.Template, LlavaPrompt.DefaultTemplate)
+        try LlavaPrompt.Format("", template) |> ignore
+        with :? ArgumentException as e -> raise (InputError("--template", e.Message.Split(" (Parameter").[0]))
+        use session =
+            LlavaSession.Load(args.GetResult CalibrateArgs.Model, adapter = (args.TryGetResult CalibrateArgs.Adapter |> Option.toObj), template = template)
         let d = Calibration.defaultSettings session.Config.Text.NumHiddenLayers
         let layers =
             args.TryGetResult CalibrateArgs.Layers
@@ -84,11 +89,12 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         | Some mode -> raise (InputError("--mode", $"'{mode}' is not replace or insert"))
         let clean, poisoned = args.GetResult EvaluateArgs.Clean, args.GetResult EvaluateArgs.Poisoned
         let tasks = Array.append (Dataset.read clean) (Dataset.read poisoned) |> Array.map (fun it -> it.Task)
-        use session = LlavaSession.Load(args.GetResult EvaluateArgs.Model, adapter = (args.TryGetResult EvaluateArgs.Adapter |> Option.toObj))
         let calibrationPath = args.GetResult EvaluateArgs.Calibration
+        // Inputs are prompted as the clean references were: with the calibration's template.
+        use session =
+            LlavaSession.Load(args.GetResult EvaluateArgs.Model, adapter = (args.TryGetResult EvaluateArgs.Adapter |> Option.toObj),
+                              template = Calibration.template calibrationPath)
         let calibration = Calibration.load calibrationPath session
-        if calibration.Template <> session.Template then
-            raise (InputError(calibrationPath, "was made with another prompt template"))
         for task, n in Calibration.foreignTasks calibration tasks do
             let name = Dataset.taskName task
             progress.Log $"note: {name} inputs are compared with clean inputs of another kind: {calibrationPath} has {n} {name} samples (a reference of their own needs {Calibration.minTaskSamples})"

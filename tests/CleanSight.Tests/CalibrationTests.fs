@@ -307,6 +307,50 @@ let tests =
                 Expect.stringContains errLines.[0] "line 5" "names the line"
                 Expect.isFalse (File.Exists out) "no calibration written"
             }
+            test "--template: the clean samples are prompted with it, the file records it, evaluate prompts with it" {
+                let dir = Fixtures.tempDir ()
+                let data = writeDataset (Path.Combine(dir, "data"))
+                let template = "A chat between a curious human and an assistant. USER: <image>\n{question} ASSISTANT:"
+                let out = Path.Combine(dir, "cal.json")
+                let code, _, err =
+                    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--layers"; "0,1,2"
+                                   "--template"; template; "--no-progress" ]
+                Expect.equal code 0 $"exit 0 (stderr: {err})"
+                Expect.equal (Calibration.template out) template "recorded"
+                use other = LlavaSession.Load(Fixtures.tinyLlava, template = template)
+                let c = Calibration.load out other
+                let items = Dataset.read data
+                let direct =
+                    Calibration.calibrate other c.Settings
+                        (items |> Array.map (fun it -> CleanSight.Core.Vision.RgbImage.Load(Dataset.imagePath data it), it.Question, it.Task)) (fun _ _ -> ())
+                Expect.equal c.Reference.Mean direct.Reference.Mean "the features of prompts in that template"
+                let defaultOut = Path.Combine(dir, "default.json")
+                let code, _, err = calibrateCli data defaultOut
+                Expect.equal code 0 $"exit 0 (stderr: {err})"
+                Expect.notEqual (Calibration.load defaultOut session.Value).Reference.Mean c.Reference.Mean "another template, other features"
+                let message = inputError (fun () -> Calibration.load out session.Value)
+                Expect.stringContains message "another template" "a session prompting otherwise is refused"
+                let evalOut = Path.Combine(dir, "eval")
+                let code, stdout, err =
+                    CliTests.run [ "evaluate"; "--model"; Fixtures.tinyLlava; "--calibration"; out; "--clean"; data; "--poisoned"; data
+                                   "--target"; "hacked"; "--defense"; "cleansight"; "--limit"; "2"; "--max-new-tokens"; "2"
+                                   "--out"; evalOut; "--no-progress" ]
+                Expect.equal code 0 $"evaluate exits 0 (stderr: {err}; stdout: {stdout})"
+                Expect.isTrue (File.Exists(Path.Combine(evalOut, "metrics.json"))) "metrics written"
+            }
+            test "a --template without <image> or {question} is refused in one line, nothing written" {
+                let dir = Fixtures.tempDir ()
+                let data = writeDataset (Path.Combine(dir, "data"))
+                for bad in [ "USER: {question} ASSISTANT:"; "USER: <image> ASSISTANT:" ] do
+                    let out = Path.Combine(dir, "cal.json")
+                    let code, _, err =
+                        CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--template"; bad; "--no-progress" ]
+                    Expect.notEqual code 0 "non-zero exit"
+                    let errLines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                    Expect.equal errLines.Length 1 $"one error line, got: {err}"
+                    Expect.stringContains errLines.[0] "--template" "names the option"
+                    Expect.isFalse (File.Exists out) "no calibration written"
+            }
             test "a layer outside the model is refused, nothing written" {
                 let dir = Fixtures.tempDir ()
                 let data = writeDataset (Path.Combine(dir, "data"))

@@ -258,9 +258,9 @@ let save (path: string) (c: Calibration) =
         use w = new Utf8JsonWriter(s, JsonWriterOptions(Indented = true))
         o.WriteTo w)
 
-/// Reads a calibration file; refuses a tampered file, another format or version, and (given the
-/// session it will be used with) a file made for another model.
-let load (path: string) (session: LlavaSession) : Calibration =
+/// A calibration file's JSON after the checks every reader makes (format, version, checksum), handed
+/// to `read`; any other failure is reported as a malformed file.
+let private readChecked (path: string) (read: JsonObject -> 'T) : 'T =
     let fail problem = raise (InputError(path, problem))
     if not (File.Exists path) then fail "calibration file not found"
     let o =
@@ -274,6 +274,21 @@ let load (path: string) (session: LlavaSession) : Calibration =
         let copy = o.DeepClone().AsObject()
         copy.Remove "sha256" |> ignore
         if checksum copy <> stored then fail "the file was modified after it was written (checksum mismatch)"
+        read o
+    with
+    | :? InputError -> reraise ()
+    | e -> fail $"malformed calibration file ({e.GetType().Name}: {e.Message.Split('\n').[0]})"
+
+/// The prompt template a calibration file's clean samples were prompted with (inputs compared with
+/// its references must be prompted alike).
+let template (path: string) : string =
+    readChecked path (fun o -> o.["prompt_template"].GetValue<string>())
+
+/// Reads a calibration file; refuses a tampered file, another format or version, and (given the
+/// session it will be used with) a file made for another model or prompted with another template.
+let load (path: string) (session: LlavaSession) : Calibration =
+    let fail problem = raise (InputError(path, problem))
+    readChecked path (fun o ->
         let m = o.["model"]
         let fp = { Config = m.["config_sha256"].GetValue<string>(); Tensors = m.["tensors_sha256"].GetValue<string>()
                    Projector = m.["projector_sha256"].GetValue<string>() }
@@ -319,8 +334,8 @@ let load (path: string) (session: LlavaSession) : Calibration =
         let taskSamples = byTask "task_samples" (fun n -> n.GetValue<int>())
         if settings.Layers |> Array.exists (fun l -> l < 0 || l >= session.Config.Text.NumHiddenLayers) then
             fail $"detection layers {settings.Layers} do not exist in a {session.Config.Text.NumHiddenLayers}-layer model"
-        { Fingerprint = fp; Settings = settings; Template = o.["prompt_template"].GetValue<string>(); Pooled = pooled; Tasks = tasks
-          TaskSamples = taskSamples }
-    with
-    | :? InputError -> reraise ()
-    | e -> fail $"malformed calibration file ({e.GetType().Name}: {e.Message.Split('\n').[0]})"
+        let template = o.["prompt_template"].GetValue<string>()
+        if template <> session.Template then
+            fail $"its clean samples were prompted with another template (\"{template}\"; this session: \"{session.Template}\")"
+        { Fingerprint = fp; Settings = settings; Template = template; Pooled = pooled; Tasks = tasks
+          TaskSamples = taskSamples })
