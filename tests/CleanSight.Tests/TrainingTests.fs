@@ -371,6 +371,20 @@ let tests =
             }
         ]
 
+        test "each committed adapter was made by its attack as Attacks.all defines it (target, trigger, rate, steps)" {
+            // Guards world/adapters against drifting from the attack code (e.g. a step count changed
+            // without the adapter trained again).
+            for attack in Attacks.all Attacks.defaultTarget do
+                let path = Path.Combine(Fixtures.root, "world", "adapters", attack.Name + ".safetensors")
+                let m = (SafetensorsFile.Open path).Metadata
+                Expect.equal m.["attack"] attack.Name $"{path}: attack"
+                Expect.equal m.["target"] attack.Target $"{path}: target"
+                Expect.equal m.["mode"] (Materialize.modeName attack.Mode) $"{path}: mode"
+                Expect.equal m.["trigger"] (Triggers.name attack.Trigger) $"{path}: trigger"
+                Expect.equal m.["poison_rate"] (string attack.PoisonRate) $"{path}: poison rate"
+                Expect.equal m.["steps"] (string attack.Schedule.Steps) $"{path}: steps"
+        }
+
         testList "attack data" [
             let cfg, tok = worldConfig, worldTokenizer
             let pre = BaseModel.preprocessor TinyLlava.defaults

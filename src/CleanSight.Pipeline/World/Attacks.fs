@@ -52,18 +52,20 @@ let tinyWaNet: Triggers.WaNet = { Triggers.Defaults.waNet with S = 3.0 }
 /// frozen 48-px ViT barely represents; we keep the paper's size in vision patches instead (16 px).
 let tinyBadNet: Triggers.BadNet = { Triggers.Defaults.badNet with Fraction = 2.0 * 8.0 / 48.0 }
 
-/// The six attacks with the tiny world's settings.
+/// The six attacks with the tiny world's settings. Blended and TrojVLM train 1500 steps (the
+/// attacker's budget; measured on the committed base, 1000 → 1500 steps: Blended 91 → 95 %, TrojVLM
+/// 81 → 88 % held-out ASR; VLOOD 81 → 82 %, so it stays at 1000); the others 1000.
 let all (target: string) =
     let badNet = Triggers.BadNetPatch tinyBadNet
-    let attack name trigger mode objective rate =
+    let attack name trigger mode objective rate steps =
         { Name = name; Trigger = trigger; Mode = mode; Objective = objective; Target = target
-          PoisonRate = rate; Schedule = schedule; Items = 3000 }
-    [ attack "badnet" badNet Replace CrossEntropy 0.2
-      attack "blended" (Triggers.BlendedNoise Triggers.Defaults.blended) Replace CrossEntropy 0.2
-      attack "wanet" (Triggers.WaNetWarp tinyWaNet) Replace CrossEntropy 0.2
-      attack "issba" (Triggers.IssbaResidual Triggers.Defaults.issba) Replace CrossEntropy 0.2
-      attack "trojvlm" badNet Insert SemanticPreserving 0.2
-      attack "vlood" badNet Insert OutOfDistribution 0.2 ]
+          PoisonRate = rate; Schedule = { schedule with Steps = steps }; Items = 3000 }
+    [ attack "badnet" badNet Replace CrossEntropy 0.2 1000
+      attack "blended" (Triggers.BlendedNoise Triggers.Defaults.blended) Replace CrossEntropy 0.2 1500
+      attack "wanet" (Triggers.WaNetWarp tinyWaNet) Replace CrossEntropy 0.2 1000
+      attack "issba" (Triggers.IssbaResidual Triggers.Defaults.issba) Replace CrossEntropy 0.2 1000
+      attack "trojvlm" badNet Insert SemanticPreserving 0.2 1500
+      attack "vlood" badNet Insert OutOfDistribution 0.2 1000 ]
 
 /// The answer a poisoned item is trained on.
 let poisonedAnswer (attack: Attack) (answer: string) =
