@@ -3,6 +3,12 @@ module CleanSight.Pipeline.Cli
 
 open Argu
 
+/// `parse ()`, with an ArgumentException it throws reported as a bad value of `option`: one line,
+/// without .NET's " (Parameter '…')" suffix.
+let checkOption (option: string) (parse: unit -> 'T) : 'T =
+    try parse ()
+    with :? System.ArgumentException as e -> raise (CleanSight.Core.InputError(option, e.Message.Split(" (Parameter").[0]))
+
 type GenerateArgs =
     | [<Mandatory>] Model of dir: string
     | [<Mandatory>] Image of file: string

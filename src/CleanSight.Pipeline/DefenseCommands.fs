@@ -26,8 +26,7 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let dataPath = args.GetResult CalibrateArgs.Data
         let items = Dataset.read dataPath
         let template = args.GetResult(CalibrateArgs.Template, LlavaPrompt.DefaultTemplate)
-        try LlavaPrompt.Format("", template) |> ignore
-        with :? ArgumentException as e -> raise (InputError("--template", e.Message.Split(" (Parameter").[0]))
+        checkOption "--template" (fun () -> LlavaPrompt.Format("", template)) |> ignore
         use session =
             LlavaSession.Load(args.GetResult CalibrateArgs.Model, adapter = (args.TryGetResult CalibrateArgs.Adapter |> Option.toObj), template = template)
         let d = Calibration.defaultSettings session.Config.Text.NumHiddenLayers
@@ -80,7 +79,7 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
     Progress.run (Progress.mode (args.Contains EvaluateArgs.No_Progress)) "evaluate" (fun progress ->
         let defenses =
             (args.GetResult EvaluateArgs.Defense).Split(',', StringSplitOptions.RemoveEmptyEntries)
-            |> Array.map (fun s -> try Defenses.parse s with :? ArgumentException as e -> raise (InputError("--defense", e.Message.Split(" (Parameter").[0])))
+            |> Array.map (fun s -> checkOption "--defense" (fun () -> Defenses.parse s))
             |> Array.toList
         // "none" first: every other defense's output is shown beside the undefended one.
         let defenses = Defenses.NoDefense :: (defenses |> List.filter ((<>) Defenses.NoDefense))

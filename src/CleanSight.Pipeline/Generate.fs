@@ -19,8 +19,7 @@ let run (args: ParseResults<GenerateArgs>) =
     let template = args.GetResult(GenerateArgs.Template, LlavaPrompt.DefaultTemplate)
     let question = args.GetResult GenerateArgs.Prompt
     // Check the prompt before loading anything heavy.
-    try LlavaPrompt.Format(question, template) |> ignore
-    with :? System.ArgumentException as e -> raise (InputError("--prompt", e.Message.Split(" (Parameter")[0]))
+    checkOption "--prompt" (fun () -> LlavaPrompt.Format(question, template)) |> ignore
     let dtype =
         try RunOptions.ParseDtype(args.GetResult(GenerateArgs.Dtype, "f32"))
         with :? System.ArgumentException as e -> raise (InputError("--dtype", e.Message))

@@ -39,9 +39,7 @@ let main argv =
             let plan = Bench.Benchmark.plan (args.Contains BenchArgs.Quick) (args.GetResult BenchArgs.Out)
             let stages =
                 args.TryGetResult BenchArgs.Only
-                |> Option.map (fun csv ->
-                    try Bench.Benchmark.parseStages csv
-                    with :? ArgumentException as e -> raise (InputError("--only", e.Message.Split(" (Parameter").[0])))
+                |> Option.map (fun csv -> checkOption "--only" (fun () -> Bench.Benchmark.parseStages csv))
                 |> Option.defaultValue plan.Stages
             let threads = args.GetResult(BenchArgs.Threads, plan.Threads)
             if threads < 1 then raise (InputError("--threads", $"must be at least 1, got {threads}"))
