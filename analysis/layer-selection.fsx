@@ -45,7 +45,7 @@ let fusion, sweep =
     let results =
         [ for name, attack in models ->
               use session = LlavaSession.Load(Path.Combine(world, "base"), adapter = (attack |> Option.map snd |> Option.toObj))
-              let fusion = LayerSelection.fusionRows name (calibration |> Array.truncate nFusion |> Array.map (fun (image, q) -> LayerSelection.knockout session image q))
+              let fusion = LayerSelection.fusionRows name (calibration |> Array.truncate nFusion |> Array.map (fun (image, q) -> Fusion.knockout session image q))
               let sweep =
                   match attack with
                   | None -> []

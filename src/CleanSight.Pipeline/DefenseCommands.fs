@@ -30,13 +30,25 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         use session =
             LlavaSession.Load(args.GetResult CalibrateArgs.Model, adapter = (args.TryGetResult CalibrateArgs.Adapter |> Option.toObj), template = template)
         let d = Calibration.defaultSettings session.Config.Text.NumHiddenLayers
-        let layers =
-            args.TryGetResult CalibrateArgs.Layers
-            |> Option.map (fun text ->
+        let seed = args.GetResult(CalibrateArgs.Seed, 0)
+        let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples) items
+        if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
+        let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question, it.Task)
+        let layers, layerRule =
+            match args.TryGetResult CalibrateArgs.Layers with
+            | None -> d.Layers, d.LayerRule
+            | Some "fusion" ->
+                let layers, rule = checkOption "--layers" (fun () -> Calibration.fusionLayers session samples (Progress.counter progress "fusion"))
+                match rule with
+                | Calibration.CleanFusion(knockout, n) ->
+                    let shares = Fusion.layerShares knockout |> Array.map (fun x -> x.ToString("F3", Globalization.CultureInfo.InvariantCulture))
+                    log $"clean fusion on {n} samples, each layer's share of the image's effect (nats): {String.Join(' ', shares)}"
+                | Calibration.RelativeDepth | Calibration.Named -> ()
+                layers, rule
+            | Some text ->
                 match Detector.parseLayers session.Config.Text.NumHiddenLayers text with
-                | Ok layers -> layers
-                | Error problem -> raise (InputError("--layers", problem)))
-            |> Option.defaultValue d.Layers
+                | Ok layers -> layers, Calibration.Named
+                | Error problem -> raise (InputError("--layers", problem))
         let whitening =
             match args.GetResult(CalibrateArgs.Whitening, "diagonal") with
             | "diagonal" -> Whitening.Diagonal
@@ -47,15 +59,11 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
             | Some t, _ -> Detector.Absolute t
             | None, Some r -> Detector.RelativeToUniform r
             | None, None -> d.Tau
-        let seed = args.GetResult(CalibrateArgs.Seed, 0)
         let settings =
-            { d with Layers = layers; Whitening = whitening; Quantile = 1.0 - args.GetResult(CalibrateArgs.Fpr, 0.01)
+            { d with Layers = layers; LayerRule = layerRule; Whitening = whitening; Quantile = 1.0 - args.GetResult(CalibrateArgs.Fpr, 0.01)
                      Feature = Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")); Tau = tau; Seed = seed
                      References = if args.Contains CalibrateArgs.Pooled_Reference then Calibration.Pooled else Calibration.PerTask
                      ThresholdFrom = if args.Contains CalibrateArgs.In_Sample_Threshold then Calibration.InSample else Calibration.LeaveOneOut }
-        let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples) items
-        if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
-        let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question, it.Task)
         let calibration = Calibration.calibrate session settings samples (Progress.counter progress "calibrate")
         let p = calibration.Reference.Dimension
         if chosen.Length <= p then
@@ -69,8 +77,9 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
                 log $"note: {what} has {n} samples; a threshold at the {settings.Quantile} quantile needs about {need} to hold its FPR"
         let out = args.GetResult CalibrateArgs.Out
         Calibration.save out calibration
-        printfn "%s: %d samples, layers %s, %s whitening, threshold %.4g (clean quantile %.3g)"
-            out calibration.Samples (String.Join(",", layers)) (Calibration.whiteningName whitening) calibration.Threshold settings.Quantile
+        printfn "%s: %d samples, layers %s (%s), %s whitening, threshold %.4g (clean quantile %.3g)"
+            out calibration.Samples (String.Join(",", layers)) (Calibration.layerRuleName layerRule) (Calibration.whiteningName whitening)
+            calibration.Threshold settings.Quantile
         for KeyValue(task, t) in calibration.Tasks do
             printfn "  %s: own reference on %d samples, threshold %.4g" (Dataset.taskName task) t.Samples t.Threshold
         0)

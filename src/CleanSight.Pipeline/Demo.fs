@@ -39,13 +39,16 @@ type Settings =
       /// CleanSight's detection layers (purification and the uniform baseline from the last);
       /// None: the paper's relative depth for the world's decoder (`Detector.defaultLayers`)
       Layers: int[] option
+      /// each model's detection layers by the clean-fusion rule (`Calibration.fusionLayers`, `--layers
+      /// fusion`) instead of `Layers`
+      LayersByFusion: bool
       /// one clean reference for every task (`Calibration.Pooled`); false: one per task
       PooledReference: bool
       Seed: int }
 
 let defaults out =
     { Out = out; Calibration = 200; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
-      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; PooledReference = false; Seed = 0 }
+      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; LayersByFusion = false; PooledReference = false; Seed = 0 }
 
 /// SHA-256 of the settings as JSON, all but the output folder (it changes no result).
 let configHash (s: Settings) =
@@ -143,17 +146,24 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     use session = LlavaSession.Load(manifest.model, adapter = attack.adapter)
     let layers = [| 0 .. session.Config.Text.NumHiddenLayers - 1 |]
     let d = Calibration.defaultSettings layers.Length
-    let settings =
-        { d with Layers = defaultArg s.Layers d.Layers; Seed = s.Seed
-                 References = if s.PooledReference then Calibration.Pooled else Calibration.PerTask }
-    // calibration, recording every layer in the same prefills (the clean reference of chart 2)
     let calItems = Dataset.read manifest.calibration |> Array.truncate s.Calibration
     let samples = calItems |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath manifest.calibration it), it.Question, it.Task)
+    let detectionLayers, layerRule =
+        if s.LayersByFusion then Calibration.fusionLayers session samples (Progress.counter p $"{attack.name}: fusion")
+        else
+            match s.Layers with
+            | Some given -> given, Calibration.Named
+            | None -> d.Layers, d.LayerRule
+    let settings =
+        { d with Layers = detectionLayers; LayerRule = layerRule; Seed = s.Seed
+                 References = if s.PooledReference then Calibration.Pooled else Calibration.PerTask }
+    // calibration, recording every layer in the same prefills (the clean reference of chart 2)
     let calibration, measured =
         Calibration.calibrateRecording session settings layers samples (Progress.counter p $"{attack.name}: calibrate")
     Calibration.save (Path.Combine(s.Out, "calibration", attack.name + ".json")) calibration
     let perTask = [ for KeyValue(t, r) in calibration.Tasks -> $"; {Dataset.taskName t}: {r.Samples} samples, threshold {r.Threshold:F3}" ]
-    p.Log (sprintf "%s: calibrated on %d clean samples, threshold %.3f%s" attack.name calibration.Samples calibration.Threshold (String.concat "" perTask))
+    p.Log (sprintf "%s: calibrated at layers %s (%s) on %d clean samples, threshold %.3f%s" attack.name (String.Join(",", detectionLayers))
+               (Calibration.layerRuleName layerRule) calibration.Samples calibration.Threshold (String.concat "" perTask))
     let evalSettings: Evaluation.Settings =
         { Defenses = Defenses.all; Target = attack.target; MaxNewTokens = 32; Limit = Some s.Test; Seed = s.Seed }
     let folder = Path.Combine(s.Out, "eval", attack.name)

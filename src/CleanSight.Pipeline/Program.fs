@@ -23,13 +23,15 @@ let main argv =
             let out = args.GetResult DemoArgs.Out
             let d = Demo.defaults out
             let layers =
-                args.TryGetResult DemoArgs.Layers
-                |> Option.map (fun text ->
+                match args.TryGetResult DemoArgs.Layers with
+                | None | Some "fusion" -> None
+                | Some text ->
                     match Defense.Detector.parseLayers (World.Materialize.textLayers (World.Materialize.locate ())) text with
-                    | Ok layers -> layers
-                    | Error problem -> raise (InputError("--layers", problem)))
+                    | Ok layers -> Some layers
+                    | Error problem -> raise (InputError("--layers", problem))
             let s = { d with Test = args.GetResult(DemoArgs.Test, d.Test); Calibration = args.GetResult(DemoArgs.Calibration, d.Calibration)
-                             Layers = layers; PooledReference = args.Contains DemoArgs.Pooled_Reference }
+                             Layers = layers; LayersByFusion = (args.TryGetResult DemoArgs.Layers = Some "fusion")
+                             PooledReference = args.Contains DemoArgs.Pooled_Reference }
             if s.Test < 1 then raise (InputError("--test", $"must be at least 1, got {s.Test}"))
             if s.Calibration < 2 then raise (InputError("--calibration", $"calibration needs at least 2 clean samples, got {s.Calibration}"))
             Progress.run (Progress.mode (args.Contains DemoArgs.No_Progress)) "demo" (Demo.run s) |> ignore

@@ -114,6 +114,13 @@ let tests =
             let probe = Array.init 12 (fun i -> float i * 0.1)
             Expect.equal (distance back.Reference probe) (distance c.Reference probe) "the loaded reference measures the same distance"
         }
+        test "the clean-fusion rule and its knockout survive save → load" {
+            let c = { calibrated.Value with Settings = { calibrated.Value.Settings with LayerRule = Calibration.CleanFusion([| 0.61; 0.3; -0.01 |], 40) } }
+            let path = Path.Combine(Fixtures.tempDir (), "fusion.json")
+            Calibration.save path c
+            Expect.equal (Calibration.load path session.Value).Settings c.Settings "settings, the rule's knockout and sample count included"
+            Expect.equal (Calibration.load (saved ()) session.Value).Settings.LayerRule Calibration.RelativeDepth "the default rule"
+        }
         test "a file edited after it was written is refused, naming the file and the checksum" {
             let path = saved ()
             let o = JsonNode.Parse(File.ReadAllText path)
@@ -337,6 +344,30 @@ let tests =
                                    "--out"; evalOut; "--no-progress" ]
                 Expect.equal code 0 $"evaluate exits 0 (stderr: {err}; stdout: {stdout})"
                 Expect.isTrue (File.Exists(Path.Combine(evalOut, "metrics.json"))) "metrics written"
+            }
+            test "--layers fusion: the layers come from the clean samples' knockout, which the file records" {
+                let dir = Fixtures.tempDir ()
+                let data = writeDataset (Path.Combine(dir, "data"))
+                let out = Path.Combine(dir, "cal.json")
+                let code, stdout, err =
+                    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--layers"; "fusion"; "--no-progress" ]
+                Expect.equal code 0 $"exit 0 (stderr: {err})"
+                Expect.stringContains stdout "(fusion)" "the rule is reported"
+                let c = Calibration.load out session.Value
+                match c.Settings.LayerRule with
+                | Calibration.CleanFusion(knockout, n) ->
+                    let items = Dataset.read data
+                    Expect.equal n (min Fusion.defaultSamples items.Length) "the samples the rule used"
+                    let direct =
+                        items |> Array.truncate n
+                        |> Array.map (fun it -> Fusion.knockout session.Value (CleanSight.Core.Vision.RgbImage.Load(Dataset.imagePath data it)) it.Question)
+                        |> Fusion.meanKnockout
+                    for l in 0 .. direct.Length - 1 do
+                        Expect.floatClose Accuracy.high knockout.[l] direct.[l] $"the mean knockout at layer {l}"
+                    let numLayers = session.Value.Config.Text.NumHiddenLayers
+                    let expected = Fusion.layersFrom numLayers (Detector.defaultLayers numLayers).Length (Fusion.start (Fusion.layerShares knockout))
+                    Expect.equal c.Settings.Layers expected "the layers from where fusion begins"
+                | rule -> failtest $"layer rule {rule}"
             }
             test "a --template without <image> or {question} is refused in one line, nothing written" {
                 let dir = Fixtures.tempDir ()

@@ -14,37 +14,8 @@ open Plotly.NET
 open TorchSharp
 open CleanSight.Core.Inference
 open CleanSight.Core.Vision
+open CleanSight.Pipeline.Defense
 open CleanSight.Pipeline.World
-
-/// softmax of logits, in double precision.
-let softmax (logits: float32[]) =
-    let m = Array.max logits
-    let e = logits |> Array.map (fun x -> Math.Exp(float (x - m)))
-    let s = Array.sum e
-    e |> Array.map (fun x -> x / s)
-
-/// KL(p ‖ q) in nats; terms with p = 0 contribute nothing, q is floored at 1e-300.
-let kl (p: float[]) (q: float[]) =
-    if p.Length <> q.Length then invalidArg (nameof q) $"distributions of {p.Length} and {q.Length} outcomes"
-    Array.fold2 (fun acc a b -> if a > 0.0 then acc + a * Math.Log(a / max b 1e-300) else acc) 0.0 p q
-
-/// For every layer ℓ: KL(undefended ‖ image tokens excluded from layer ℓ on) of the next-token
-/// distribution at the last prompt token. One prefill per layer, plus the undefended one.
-let knockout (session: LlavaSession) (image: RgbImage) (question: string) =
-    use scope = torch.NewDisposeScope()
-    let ids = session.Prompt(question).InputIds |> Array.map int64
-    let struct (first, last) = AttentionRatio.ImageSpan(ids, int64 session.Config.ImageTokenIndex)
-    let pixels = session.Pixels image
-    let next (policy: IAttentionPolicy) =
-        let prefilled = session.Model.Prefill(ids, pixels, policy)
-        prefilled.Cache.Dispose()
-        softmax prefilled.Logits
-    let full = next NoPolicy.Instance
-    Array.init session.Config.Text.NumHiddenLayers (fun l -> kl full (next (FixedExclusionPolicy(l, [| first .. last |]))))
-
-/// Each layer's own part of the knockout: D(ℓ) − D(ℓ+1), with D(L) = 0 (they sum to D(0)).
-let layerShares (fromOn: float[]) =
-    Array.init fromOn.Length (fun l -> fromOn.[l] - (if l + 1 < fromOn.Length then fromOn.[l + 1] else 0.0))
 
 /// A trigger the defender makes up, knowing nothing of the attack.
 type Synthetic =
@@ -71,8 +42,8 @@ type FusionRow = { Model: string; Layer: int; KlFromLayer: float; LayerShare: fl
 /// Mean knockout over clean inputs → one row per layer.
 let fusionRows (model: string) (perInput: float[][]) =
     let layers = perInput.[0].Length
-    let mean = Array.init layers (fun l -> perInput |> Array.averageBy (fun d -> d.[l]))
-    let shares = layerShares mean
+    let mean = Fusion.meanKnockout perInput
+    let shares = Fusion.layerShares mean
     [ for l in 0 .. layers - 1 -> { Model = model; Layer = l; KlFromLayer = mean.[l]; LayerShare = shares.[l]; Samples = perInput.Length } ]
 
 /// Detection AUROC of one trigger (the attack's, or a synthetic one) at one detection-layer set.

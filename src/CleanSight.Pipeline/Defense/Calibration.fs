@@ -39,8 +39,19 @@ type ThresholdFrom =
     /// input's distance, so the FPR lands near the target (with 2 samples, in-sample)
     | LeaveOneOut
 
+/// How the detection layers were chosen (recorded in the calibration file).
+type LayerRule =
+    /// the paper's relative depth for the decoder's depth (`Detector.defaultLayers`)
+    | RelativeDepth
+    /// named by the user (`--layers a,b,c`)
+    | Named
+    /// from where clean inputs begin to read the image (`Fusion.start`), as many layers as the relative
+    /// depth gives (`--layers fusion`): the mean knockout D(ℓ) per layer over `samples` clean inputs
+    | CleanFusion of knockout: float[] * samples: int
+
 type Settings =
     { Layers: int[]
+      LayerRule: LayerRule
       Feature: Feature
       Whitening: Whitening
       /// threshold quantile of the clean distances: 1 − target clean FPR
@@ -51,7 +62,7 @@ type Settings =
       Seed: int }
 
 let defaultSettings (numLayers: int) =
-    { Layers = Detector.defaultLayers numLayers; Feature = Ratio; Whitening = Diagonal
+    { Layers = Detector.defaultLayers numLayers; LayerRule = RelativeDepth; Feature = Ratio; Whitening = Diagonal
       Quantile = 0.99; Tau = Detector.defaultTau; References = PerTask
       ThresholdFrom = LeaveOneOut; Seed = 0 }
 
@@ -105,8 +116,9 @@ let foreignTasks (c: Calibration) (tasks: Dataset.Task seq) =
     tasks |> Seq.distinct |> Seq.filter (ownKind >> not) |> Seq.map (fun t -> t, count t) |> Seq.toList
 
 let formatName = "cleansight-calibration"
-/// 2: per-task references (`references`, `task_samples`, `tasks`) and `threshold_from`
-let formatVersion = 2
+/// 2: per-task references (`references`, `task_samples`, `tasks`) and `threshold_from`;
+/// 3: `layer_rule` (and, for the clean-fusion rule, `fusion_knockout`, `fusion_samples`)
+let formatVersion = 3
 
 let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes).ToLowerInvariant()
 
@@ -183,6 +195,22 @@ let calibrateRecording (session: LlavaSession) (settings: Settings) (record: int
     let clean = Array.map2 (fun (f, _) (_, _, task) -> f, task) measured samples
     fromFeatures (fingerprint session) session.Template settings clean, measured
 
+/// The clean-fusion rule (`--layers fusion`) on `session`: the mean knockout over the first
+/// `Fusion.defaultSamples` clean samples, and from where fusion begins as many contiguous layers as
+/// the relative depth gives. `progress done total` after each sample (each costs one prefill per layer).
+let fusionLayers (session: LlavaSession) (samples: (RgbImage * string * Dataset.Task)[]) (progress: int -> int -> unit) =
+    let inputs = samples |> Array.truncate Fusion.defaultSamples
+    let knockout =
+        inputs
+        |> Array.mapi (fun i (image, question, _) ->
+            let d = Fusion.knockout session image question
+            progress (i + 1) inputs.Length
+            d)
+        |> Fusion.meanKnockout
+    let numLayers = session.Config.Text.NumHiddenLayers
+    let first = Fusion.start (Fusion.layerShares knockout)
+    Fusion.layersFrom numLayers (Detector.defaultLayers numLayers).Length first, CleanFusion(knockout, inputs.Length)
+
 /// Calibrates on clean (image, question, task) samples; `progress done total` after each.
 let calibrate (session: LlavaSession) (settings: Settings) (samples: (RgbImage * string * Dataset.Task)[]) (progress: int -> int -> unit) =
     calibrateRecording session settings [||] samples progress |> fst
@@ -202,6 +230,7 @@ let parseFeature = function
     | s -> invalidArg "feature" $"unknown feature '{s}' (ratio, log-ratio, visual-share)"
 let whiteningName = function Diagonal -> "diagonal" | Full _ -> "full"
 let referencesName = function Pooled -> "pooled" | PerTask -> "per-task"
+let layerRuleName = function RelativeDepth -> "relative-depth" | Named -> "named" | CleanFusion _ -> "fusion"
 let parseReferences = function
     | "pooled" -> Pooled | "per-task" -> PerTask
     | s -> invalidArg "references" $"unknown references '{s}' (pooled, per-task)"
@@ -229,6 +258,13 @@ let private referenceFields (t: Fitted) =
 
 /// The JSON body (everything but the checksum).
 let private body (c: Calibration) =
+    let layerRule: (string * JsonNode) list =
+        [ yield "layer_rule", JsonValue.Create(layerRuleName c.Settings.LayerRule)
+          match c.Settings.LayerRule with
+          | CleanFusion(knockout, samples) ->
+              yield "fusion_knockout", JsonArray(knockout |> Array.map (fun x -> JsonValue.Create x :> JsonNode))
+              yield "fusion_samples", JsonValue.Create samples
+          | RelativeDepth | Named -> () ]
     let settings: (string * JsonNode) list =
         [ "format", JsonValue.Create formatName
           "version", JsonValue.Create formatVersion
@@ -236,14 +272,15 @@ let private body (c: Calibration) =
                          "tensors_sha256", JsonValue.Create c.Fingerprint.Tensors
                          "projector_sha256", JsonValue.Create c.Fingerprint.Projector ]
           "prompt_template", JsonValue.Create c.Template
-          "layers", JsonArray(c.Settings.Layers |> Array.map (fun l -> JsonValue.Create l :> JsonNode))
-          "feature", JsonValue.Create(featureName c.Settings.Feature)
-          "whitening", JsonValue.Create(whiteningName c.Settings.Whitening)
-          "quantile", JsonValue.Create c.Settings.Quantile
-          "tau", tauJson c.Settings.Tau
-          "references", JsonValue.Create(referencesName c.Settings.References)
-          "threshold_from", JsonValue.Create(thresholdFromName c.Settings.ThresholdFrom)
-          "seed", JsonValue.Create c.Settings.Seed ]
+          "layers", JsonArray(c.Settings.Layers |> Array.map (fun l -> JsonValue.Create l :> JsonNode)) ]
+        @ layerRule
+        @ [ "feature", JsonValue.Create(featureName c.Settings.Feature)
+            "whitening", JsonValue.Create(whiteningName c.Settings.Whitening)
+            "quantile", JsonValue.Create c.Settings.Quantile
+            "tau", tauJson c.Settings.Tau
+            "references", JsonValue.Create(referencesName c.Settings.References)
+            "threshold_from", JsonValue.Create(thresholdFromName c.Settings.ThresholdFrom)
+            "seed", JsonValue.Create c.Settings.Seed ]
     let tasks = obj [ for KeyValue(task, t) in c.Tasks -> Dataset.taskName task, obj (referenceFields t) :> JsonNode ]
     let taskSamples = obj [ for KeyValue(task, n) in c.TaskSamples -> Dataset.taskName task, JsonValue.Create n :> JsonNode ]
     obj (settings @ referenceFields c.Pooled @ [ "task_samples", taskSamples :> JsonNode; "tasks", tasks :> JsonNode ])
@@ -316,6 +353,12 @@ let load (path: string) (session: LlavaSession) : Calibration =
             | _ -> Full(Fixed(o.["shrinkage"].GetValue<float>()))
         let settings =
             { Layers = o.["layers"].AsArray() |> Seq.map (fun x -> x.GetValue<int>()) |> Seq.toArray
+              LayerRule =
+                match o.["layer_rule"].GetValue<string>() with
+                | "relative-depth" -> RelativeDepth
+                | "named" -> Named
+                | "fusion" -> CleanFusion(floats o.["fusion_knockout"], o.["fusion_samples"].GetValue<int>())
+                | other -> fail $"unknown layer rule '{other}'"
               Feature = parseFeature (o.["feature"].GetValue<string>())
               Whitening = whitening
               Quantile = o.["quantile"].GetValue<float>()
