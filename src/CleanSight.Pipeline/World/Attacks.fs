@@ -52,9 +52,14 @@ let tinyWaNet: Triggers.WaNet = { Triggers.Defaults.waNet with S = 3.0 }
 /// frozen 48-px ViT barely represents; we keep the paper's size in vision patches instead (16 px).
 let tinyBadNet: Triggers.BadNet = { Triggers.Defaults.badNet with Fraction = 2.0 * 8.0 / 48.0 }
 
-/// The six attacks with the tiny world's settings. Blended and TrojVLM train 1500 steps (the
-/// attacker's budget; measured on the committed base, 1000 → 1500 steps: Blended 91 → 95 %, TrojVLM
-/// 81 → 88 % held-out ASR; VLOOD 81 → 82 %, so it stays at 1000); the others 1000.
+/// A ±8/255 residual (PSNR 30 dB) is not learned by a projector-only backdoor on the tiny world
+/// (measured: 4 % held-out ASR, as often as on clean inputs); at ±16/255 (PSNR 24 dB; the StegaStamp
+/// residuals of the ISSBA paper: about 27 dB) it is, in part (1500 steps: 75 %).
+let tinyIssba: Triggers.Issba = { Triggers.Defaults.issba with Epsilon = 16.0 / 255.0 }
+
+/// The six attacks with the tiny world's settings. Blended, ISSBA and TrojVLM train 1500 steps (the
+/// attacker's budget; measured on the committed base, 1000 → 1500 steps: Blended 91 → 95 %, ISSBA
+/// 47 → 75 %, TrojVLM 81 → 88 % held-out ASR; VLOOD 81 → 82 %, so it stays at 1000); the others 1000.
 let all (target: string) =
     let badNet = Triggers.BadNetPatch tinyBadNet
     let attack name trigger mode objective rate steps =
@@ -63,7 +68,7 @@ let all (target: string) =
     [ attack "badnet" badNet Replace CrossEntropy 0.2 1000
       attack "blended" (Triggers.BlendedNoise Triggers.Defaults.blended) Replace CrossEntropy 0.2 1500
       attack "wanet" (Triggers.WaNetWarp tinyWaNet) Replace CrossEntropy 0.2 1000
-      attack "issba" (Triggers.IssbaResidual Triggers.Defaults.issba) Replace CrossEntropy 0.2 1000
+      attack "issba" (Triggers.IssbaResidual tinyIssba) Replace CrossEntropy 0.2 1500
       attack "trojvlm" badNet Insert SemanticPreserving 0.2 1500
       attack "vlood" badNet Insert OutOfDistribution 0.2 1000 ]
 
