@@ -124,7 +124,7 @@ type CalibrateArgs =
             | Template _ -> "prompt template with one <image> and one {question} (default: llava-1.5's); recorded in the file, and evaluate prompts with it"
             | Pooled_Reference -> "one clean reference for every task (default: one per task with ≥ 10 samples, e.g. VQA and captions)"
             | In_Sample_Threshold -> "γ from the in-sample clean distances, as the paper's code (default: leave-one-out distances)"
-            | Layers _ -> "detection layers, 0-indexed, e.g. 2,3,4; or fusion: from where clean inputs begin to read the image, measured on 40 of the clean samples (default: 3 layers at the paper's relative depth)"
+            | Layers _ -> $"detection layers, 0-indexed, e.g. 2,3,4; or fusion: from where clean inputs begin to read the image, measured on {Defense.Fusion.defaultSamples} of the clean samples (default: 3 layers at the paper's relative depth)"
             | Whitening _ -> "diagonal (default, the paper's code) or full (Ledoit-Wolf shrinkage)"
             | Fpr _ -> "target clean false-positive rate (default 0.01 = the 0.99 quantile)"
             | Feature _ -> "ratio (the paper's), log-ratio or visual-share"
