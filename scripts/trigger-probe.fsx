@@ -57,11 +57,11 @@ let probe (clean: torch.Tensor) (triggered: torch.Tensor) =
     let correct = count tc (fun v -> v < 0.0f) + count tt (fun v -> v > 0.0f)
     float correct / float (2 * nTest)
 
+/// The four triggers as the attacks use them (TrojVLM and VLOOD reuse BadNet's patch).
 let triggers =
-    [ "badnet", Triggers.BadNetPatch Attacks.tinyBadNet
-      "blended", Triggers.BlendedNoise Triggers.Defaults.blended
-      "wanet", Triggers.WaNetWarp Attacks.tinyWaNet
-      "issba", Triggers.IssbaResidual Triggers.Defaults.issba ]
+    Attacks.all Attacks.defaultTarget
+    |> List.filter (fun a -> List.contains a.Name [ "badnet"; "blended"; "wanet"; "issba" ])
+    |> List.map (fun a -> a.Name, a.Trigger)
 for layer in layers do
     let clean = features images layer
     let accs =
