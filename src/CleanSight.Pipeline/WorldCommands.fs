@@ -109,6 +109,7 @@ let attack (args: ParseResults<AttackArgs>) =
     let out = args.GetResult AttackArgs.Out
     TinyLlava.saveAdapter out session.Model
         [ "attack", spec.Name; "target", spec.Target; "mode", Materialize.modeName spec.Mode
-          "trigger", Triggers.name spec.Trigger; "poison_rate", string spec.PoisonRate; "steps", string spec.Schedule.Steps ]
+          "trigger", Triggers.name spec.Trigger; "trigger_parameters", Triggers.parameters spec.Trigger
+          "poison_rate", string spec.PoisonRate; "steps", string spec.Schedule.Steps ]
     printfn "%s" out
     0

@@ -371,7 +371,7 @@ let tests =
             }
         ]
 
-        test "each committed adapter was made by its attack as Attacks.all defines it (target, trigger, rate, steps)" {
+        test "each committed adapter was made by its attack as Attacks.all defines it (target, trigger and its parameters, rate, steps)" {
             // Guards world/adapters against drifting from the attack code (e.g. a step count changed
             // without the adapter trained again).
             for attack in Attacks.all Attacks.defaultTarget do
@@ -381,6 +381,7 @@ let tests =
                 Expect.equal m.["target"] attack.Target $"{path}: target"
                 Expect.equal m.["mode"] (Materialize.modeName attack.Mode) $"{path}: mode"
                 Expect.equal m.["trigger"] (Triggers.name attack.Trigger) $"{path}: trigger"
+                Expect.equal m.["trigger_parameters"] (Triggers.parameters attack.Trigger) $"{path}: trigger parameters (e.g. ISSBA's residual strength)"
                 Expect.equal m.["poison_rate"] (string attack.PoisonRate) $"{path}: poison rate"
                 Expect.equal m.["steps"] (string attack.Schedule.Steps) $"{path}: steps"
         }

@@ -96,4 +96,19 @@ let tests =
             Expect.sequenceEqual (apply (WaNetWarp Defaults.waNet) img).Pixels (waNet Defaults.waNet img).Pixels "WaNet"
             Expect.sequenceEqual (apply (IssbaResidual Defaults.issba) img).Pixels (issba Defaults.issba img).Pixels "ISSBA"
         }
+        test "parameters name what a trigger's name does not: ISSBA's strength, WaNet's field, BadNet's place; in any culture" {
+            let issba16 = IssbaResidual { Defaults.issba with Epsilon = 16.0 / 255.0 }
+            Expect.notEqual (parameters (IssbaResidual Defaults.issba)) (parameters issba16) "±8/255 and ±16/255 differ"
+            Expect.equal (name (IssbaResidual Defaults.issba)) (name issba16) "(the name alone does not tell them apart)"
+            Expect.equal (parameters (WaNetWarp { Defaults.waNet with K = 48; S = 2.0 })) "k=48 s=2 seed=0" "WaNet"
+            Expect.stringStarts (parameters (BadNetPatch Defaults.badNet)) "fraction=" "BadNet starts with its size"
+            Expect.stringContains (parameters (BadNetPatch { Defaults.badNet with Corner = At(0.25, 0.5) })) "corner=at(0.25,0.5)" "BadNet's place"
+            let before = System.Globalization.CultureInfo.CurrentCulture
+            try
+                let comma = System.Globalization.CultureInfo.InvariantCulture.Clone() :?> System.Globalization.CultureInfo
+                comma.NumberFormat.NumberDecimalSeparator <- ","
+                System.Globalization.CultureInfo.CurrentCulture <- comma
+                Expect.equal (parameters (BlendedNoise Defaults.blended)) "alpha=0.2 seed=0" "a decimal point under a decimal-comma culture"
+            finally System.Globalization.CultureInfo.CurrentCulture <- before
+        }
     ]

@@ -180,3 +180,18 @@ let name =
     | BlendedNoise _ -> "Blended"
     | WaNetWarp _ -> "WaNet"
     | IssbaResidual _ -> "ISSBA"
+
+/// The trigger's parameters as one line ("epsilon=0.0627… bits=64 seed=0"), invariant culture,
+/// round-trip precision: what an adapter records beside the trigger's name.
+let parameters (trigger: Trigger) =
+    let f (x: float) = x.ToString("R", Globalization.CultureInfo.InvariantCulture)
+    match trigger with
+    | BadNetPatch b ->
+        let corner =
+            match b.Corner with
+            | TopLeft -> "top-left" | TopRight -> "top-right" | BottomLeft -> "bottom-left" | BottomRight -> "bottom-right"
+            | At(left, top) -> $"at({f left},{f top})"
+        $"fraction={f b.Fraction} corner={corner} sigma={f b.Sigma} seed={b.Seed}"
+    | BlendedNoise b -> $"alpha={f b.Alpha} seed={b.Seed}"
+    | WaNetWarp w -> $"k={w.K} s={f w.S} seed={w.Seed}"
+    | IssbaResidual i -> $"epsilon={f i.Epsilon} bits={i.Bits} seed={i.Seed}"
