@@ -253,6 +253,11 @@ let private writeReport (s: Settings) (results: AttackResult list) =
     let taus = String.Join(", ", s.TauGrid)
     Report.write (Path.Combine(s.Out, "report.html")) "CleanSight on the tiny backdoored world"
         [ yield Report.Text "A tiny LLaVA (CLIP-style ViT, 2-layer projector, 8-layer LLaMA decoder) trained here; six projector-only backdoors; CleanSight against the paper's baselines. Thresholds come from clean data only."
+          let detectionLayers =
+              results |> List.map (fun r ->
+                  $"{r.Attack.name} {String.Join(',', r.Calibration.Settings.Layers)} ({Calibration.layerRuleName r.Calibration.Settings.LayerRule})")
+          let listed = String.Join("; ", detectionLayers)
+          yield Report.Text $"CleanSight's detection layers per backdoored model (and how they were chosen): {listed}. Purification, prune-all and uniform attention run from the last of them."
           yield Report.Heading "1. Attention stealing by layer"
           yield Report.Figure(AttentionStealing.chart attention layers)
           yield Report.Heading "2. Where triggered inputs leave the clean reference: layer × head"

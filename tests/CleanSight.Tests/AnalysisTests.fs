@@ -198,6 +198,7 @@ let tests =
             Expect.notEqual (Demo.configHash a) (Demo.configHash { a with TauGrid = [ 1.0 ] }) "τ grid matters"
             Expect.notEqual (Demo.configHash a) (Demo.configHash { a with Layers = Some [| 0 |] }) "detection layers matter"
             Expect.notEqual (Demo.configHash { a with Layers = Some [| 0 |] }) (Demo.configHash { a with Layers = Some [| 1 |] }) "which layers"
+            Expect.notEqual (Demo.configHash a) (Demo.configHash { a with LayersByFusion = true }) "layers placed by clean fusion"
             Expect.equal (Demo.configHash a).Length 64 "SHA-256 hex"
         }
         test "the demo's output folder: claimed for its settings, resumed with the same, refused with others" {
