@@ -34,21 +34,12 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples) items
         if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
         let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question, it.Task)
+        let request =
+            match Calibration.parseLayerRequest session.Config.Text.NumHiddenLayers (args.TryGetResult CalibrateArgs.Layers) with
+            | Ok request -> request
+            | Error problem -> raise (InputError("--layers", problem))
         let layers, layerRule =
-            match args.TryGetResult CalibrateArgs.Layers with
-            | None -> d.Layers, d.LayerRule
-            | Some "fusion" ->
-                let layers, rule = checkOption "--layers" (fun () -> Calibration.fusionLayers session samples (Progress.counter progress "fusion"))
-                match rule with
-                | Calibration.CleanFusion(knockout, n) ->
-                    let shares = Fusion.layerShares knockout |> Array.map (fun x -> x.ToString("F3", Globalization.CultureInfo.InvariantCulture))
-                    log $"clean fusion on {n} samples, each layer's share of the image's effect (nats): {String.Join(' ', shares)}"
-                | Calibration.RelativeDepth | Calibration.Named -> ()
-                layers, rule
-            | Some text ->
-                match Detector.parseLayers session.Config.Text.NumHiddenLayers text with
-                | Ok layers -> layers, Calibration.Named
-                | Error problem -> raise (InputError("--layers", problem))
+            checkOption "--layers" (fun () -> Calibration.resolveLayers session samples (Progress.counter progress "fusion") request)
         let whitening =
             match args.GetResult(CalibrateArgs.Whitening, "diagonal") with
             | "diagonal" -> Whitening.Diagonal
@@ -77,8 +68,8 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
                 log $"note: {what} has {n} samples; a threshold at the {settings.Quantile} quantile needs about {need} to hold its FPR"
         let out = args.GetResult CalibrateArgs.Out
         Calibration.save out calibration
-        printfn "%s: %d samples, layers %s (%s), %s whitening, threshold %.4g (clean quantile %.3g)"
-            out calibration.Samples (String.Join(",", layers)) (Calibration.layerRuleName layerRule) (Calibration.whiteningName whitening)
+        printfn "%s: %d samples, layers %s, %s whitening, threshold %.4g (clean quantile %.3g)"
+            out calibration.Samples (Calibration.describeLayers settings) (Calibration.whiteningName whitening)
             calibration.Threshold settings.Quantile
         for KeyValue(task, t) in calibration.Tasks do
             printfn "  %s: own reference on %d samples, threshold %.4g" (Dataset.taskName task) t.Samples t.Threshold

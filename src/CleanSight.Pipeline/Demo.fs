@@ -148,12 +148,10 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let d = Calibration.defaultSettings layers.Length
     let calItems = Dataset.read manifest.calibration |> Array.truncate s.Calibration
     let samples = calItems |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath manifest.calibration it), it.Question, it.Task)
-    let detectionLayers, layerRule =
-        if s.LayersByFusion then Calibration.fusionLayers session samples (Progress.counter p $"{attack.name}: fusion")
-        else
-            match s.Layers with
-            | Some given -> given, Calibration.Named
-            | None -> d.Layers, d.LayerRule
+    let request =
+        if s.LayersByFusion then Calibration.ByCleanFusion
+        else s.Layers |> Option.map Calibration.NamedLayers |> Option.defaultValue Calibration.AtRelativeDepth
+    let detectionLayers, layerRule = Calibration.resolveLayers session samples (Progress.counter p $"{attack.name}: fusion") request
     let settings =
         { d with Layers = detectionLayers; LayerRule = layerRule; Seed = s.Seed
                  References = if s.PooledReference then Calibration.Pooled else Calibration.PerTask }
@@ -162,8 +160,8 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
         Calibration.calibrateRecording session settings layers samples (Progress.counter p $"{attack.name}: calibrate")
     Calibration.save (Path.Combine(s.Out, "calibration", attack.name + ".json")) calibration
     let perTask = [ for KeyValue(t, r) in calibration.Tasks -> $"; {Dataset.taskName t}: {r.Samples} samples, threshold {r.Threshold:F3}" ]
-    p.Log (sprintf "%s: calibrated at layers %s (%s) on %d clean samples, threshold %.3f%s" attack.name (String.Join(",", detectionLayers))
-               (Calibration.layerRuleName layerRule) calibration.Samples calibration.Threshold (String.concat "" perTask))
+    p.Log (sprintf "%s: calibrated at layers %s on %d clean samples, threshold %.3f%s" attack.name (Calibration.describeLayers settings)
+               calibration.Samples calibration.Threshold (String.concat "" perTask))
     let evalSettings: Evaluation.Settings =
         { Defenses = Defenses.all; Target = attack.target; MaxNewTokens = 32; Limit = Some s.Test; Seed = s.Seed }
     let folder = Path.Combine(s.Out, "eval", attack.name)
@@ -253,10 +251,7 @@ let private writeReport (s: Settings) (results: AttackResult list) =
     let taus = String.Join(", ", s.TauGrid)
     Report.write (Path.Combine(s.Out, "report.html")) "CleanSight on the tiny backdoored world"
         [ yield Report.Text "A tiny LLaVA (CLIP-style ViT, 2-layer projector, 8-layer LLaMA decoder) trained here; six projector-only backdoors; CleanSight against the paper's baselines. Thresholds come from clean data only."
-          let detectionLayers =
-              results |> List.map (fun r ->
-                  $"{r.Attack.name} {String.Join(',', r.Calibration.Settings.Layers)} ({Calibration.layerRuleName r.Calibration.Settings.LayerRule})")
-          let listed = String.Join("; ", detectionLayers)
+          let listed = String.Join("; ", results |> List.map (fun r -> $"{r.Attack.name} {Calibration.describeLayers r.Calibration.Settings}"))
           yield Report.Text $"CleanSight's detection layers per backdoored model (and how they were chosen): {listed}. Purification, prune-all and uniform attention run from the last of them."
           yield Report.Heading "1. Attention stealing by layer"
           yield Report.Figure(AttentionStealing.chart attention layers)

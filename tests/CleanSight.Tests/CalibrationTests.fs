@@ -66,8 +66,11 @@ let private writeDataset (folder: string) =
     Dataset.write jsonl items
     jsonl
 
-let private calibrateCli (data: string) (out: string) =
-    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--layers"; "0,1,2"; "--no-progress" ]
+/// `cleansight calibrate` on the fixture model with `options` → (exit code, stdout, stderr).
+let private calibrateWith (data: string) (out: string) (options: string list) =
+    CliTests.run ([ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out ] @ options @ [ "--no-progress" ])
+
+let private calibrateCli (data: string) (out: string) = calibrateWith data out [ "--layers"; "0,1,2" ]
 
 [<Tests>]
 let tests =
@@ -291,8 +294,7 @@ let tests =
                 for KeyValue(task, t) in c.Tasks do Expect.equal t.Samples counts.[task] $"{task} samples"
                 let pooledOut = Path.Combine(dir, "pooled.json")
                 let code, _, err =
-                    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; pooledOut; "--layers"; "0,1,2"
-                                   "--pooled-reference"; "--no-progress" ]
+                    calibrateWith data pooledOut [ "--layers"; "0,1,2"; "--pooled-reference" ]
                 Expect.equal code 0 $"exit 0 (stderr: {err})"
                 let p = Calibration.load pooledOut session.Value
                 Expect.isEmpty p.Tasks "no per-task reference"
@@ -320,8 +322,7 @@ let tests =
                 let template = "A chat between a curious human and an assistant. USER: <image>\n{question} ASSISTANT:"
                 let out = Path.Combine(dir, "cal.json")
                 let code, _, err =
-                    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--layers"; "0,1,2"
-                                   "--template"; template; "--no-progress" ]
+                    calibrateWith data out [ "--layers"; "0,1,2"; "--template"; template ]
                 Expect.equal code 0 $"exit 0 (stderr: {err})"
                 Expect.equal (Calibration.template out) template "recorded"
                 use other = LlavaSession.Load(Fixtures.tinyLlava, template = template)
@@ -350,7 +351,7 @@ let tests =
                 let data = writeDataset (Path.Combine(dir, "data"))
                 let out = Path.Combine(dir, "cal.json")
                 let code, stdout, err =
-                    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--layers"; "fusion"; "--no-progress" ]
+                    calibrateWith data out [ "--layers"; "fusion" ]
                 Expect.equal code 0 $"exit 0 (stderr: {err})"
                 Expect.stringContains stdout "(fusion)" "the rule is reported"
                 let c = Calibration.load out session.Value
@@ -375,7 +376,7 @@ let tests =
                 for bad in [ "USER: {question} ASSISTANT:"; "USER: <image> ASSISTANT:" ] do
                     let out = Path.Combine(dir, "cal.json")
                     let code, _, err =
-                        CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--template"; bad; "--no-progress" ]
+                        calibrateWith data out [ "--template"; bad ]
                     Expect.notEqual code 0 "non-zero exit"
                     let errLines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries)
                     Expect.equal errLines.Length 1 $"one error line, got: {err}"
@@ -387,7 +388,7 @@ let tests =
                 let data = writeDataset (Path.Combine(dir, "data"))
                 let out = Path.Combine(dir, "cal.json")
                 let code, _, err =
-                    CliTests.run [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; data; "--out"; out; "--layers"; "1,3"; "--no-progress" ]
+                    calibrateWith data out [ "--layers"; "1,3" ]
                 Expect.notEqual code 0 "non-zero exit"
                 Expect.stringContains err "--layers" "names the option"
                 Expect.isFalse (File.Exists out) "no calibration written"

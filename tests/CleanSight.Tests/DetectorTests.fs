@@ -68,6 +68,11 @@ let tests =
                 Expect.equal (Detector.parseLayers 8 "0") (Ok [| 0 |]) "one layer"
                 Expect.equal (Detector.parseLayers 8 " 4, 2,3 ") (Ok [| 4; 2; 3 |]) "spaces, order kept"
                 Expect.equal (Detector.parseLayers 8 "7") (Ok [| 7 |]) "the last layer" }
+            test "absent, fusion, or a list: what calibrate and demo ask for" {
+                Expect.equal (Calibration.parseLayerRequest 8 None) (Ok Calibration.AtRelativeDepth) "absent: the relative depth"
+                Expect.equal (Calibration.parseLayerRequest 8 (Some "fusion")) (Ok Calibration.ByCleanFusion) "fusion"
+                Expect.equal (Calibration.parseLayerRequest 8 (Some "0,1")) (Ok(Calibration.NamedLayers [| 0; 1 |])) "a list"
+                Expect.isError (Calibration.parseLayerRequest 8 (Some "fusions")) "a misspelt rule is refused" }
             test "anything else is refused with the reason" {
                 let refused text =
                     match Detector.parseLayers 8 text with

@@ -195,6 +195,22 @@ let calibrateRecording (session: LlavaSession) (settings: Settings) (record: int
     let clean = Array.map2 (fun (f, _) (_, _, task) -> f, task) measured samples
     fromFeatures (fingerprint session) session.Template settings clean, measured
 
+/// What `--layers` asks for, before the layers are known.
+type LayerRequest =
+    /// no `--layers`: the paper's relative depth
+    | AtRelativeDepth
+    /// `--layers a,b,c`
+    | NamedLayers of int[]
+    /// `--layers fusion`: the clean-fusion rule on this model's clean samples
+    | ByCleanFusion
+
+/// `--layers` (absent, "fusion", or a comma-separated list) for a decoder of `numLayers` layers, or why not.
+let parseLayerRequest (numLayers: int) (text: string option) : Result<LayerRequest, string> =
+    match text with
+    | None -> Ok AtRelativeDepth
+    | Some "fusion" -> Ok ByCleanFusion
+    | Some list -> Detector.parseLayers numLayers list |> Result.map NamedLayers
+
 /// The clean-fusion rule (`--layers fusion`) on `session`: the mean knockout over the first
 /// `Fusion.defaultSamples` clean samples, and from where fusion begins as many contiguous layers as
 /// the relative depth gives. `progress done total` after each sample (each costs one prefill per layer).
@@ -210,6 +226,14 @@ let fusionLayers (session: LlavaSession) (samples: (RgbImage * string * Dataset.
     let numLayers = session.Config.Text.NumHiddenLayers
     let first = Fusion.start (Fusion.layerShares knockout)
     Fusion.layersFrom numLayers (Detector.defaultLayers numLayers).Length first, CleanFusion(knockout, inputs.Length)
+
+/// The detection layers a request resolves to on `session`, and the rule that chose them; only the
+/// clean-fusion rule runs the model (on `samples`, reporting through `progress`).
+let resolveLayers (session: LlavaSession) (samples: (RgbImage * string * Dataset.Task)[]) (progress: int -> int -> unit) (request: LayerRequest) =
+    match request with
+    | AtRelativeDepth -> Detector.defaultLayers session.Config.Text.NumHiddenLayers, RelativeDepth
+    | NamedLayers layers -> layers, Named
+    | ByCleanFusion -> fusionLayers session samples progress
 
 /// Calibrates on clean (image, question, task) samples; `progress done total` after each.
 let calibrate (session: LlavaSession) (settings: Settings) (samples: (RgbImage * string * Dataset.Task)[]) (progress: int -> int -> unit) =
@@ -231,6 +255,15 @@ let parseFeature = function
 let whiteningName = function Diagonal -> "diagonal" | Full _ -> "full"
 let referencesName = function Pooled -> "pooled" | PerTask -> "per-task"
 let layerRuleName = function RelativeDepth -> "relative-depth" | Named -> "named" | CleanFusion _ -> "fusion"
+
+/// "0,1,2 (fusion) from each layer's part … nats on 40 samples": the detection layers and how they were chosen.
+let describeLayers (settings: Settings) =
+    let layers = String.Join(",", settings.Layers)
+    match settings.LayerRule with
+    | CleanFusion(knockout, samples) ->
+        let parts = Fusion.layerShares knockout |> Array.map (fun x -> x.ToString("F3", Globalization.CultureInfo.InvariantCulture))
+        $"{layers} (fusion) from each layer's part of the image's effect, {String.Join(' ', parts)} nats on {samples} samples"
+    | RelativeDepth | Named -> $"{layers} ({layerRuleName settings.LayerRule})"
 let parseReferences = function
     | "pooled" -> Pooled | "per-task" -> PerTask
     | s -> invalidArg "references" $"unknown references '{s}' (pooled, per-task)"
