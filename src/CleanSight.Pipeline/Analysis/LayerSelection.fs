@@ -2,7 +2,8 @@
 /// layers "where cross-modal fusion begins" and, for other depths, suggest an AUROC sweep on clean vs
 /// synthetic-trigger inputs. Both can be measured without attacked data:
 /// (1) fusion on clean inputs — how far the last prompt token's next-token distribution moves (KL)
-///     when the image tokens are excluded from layer ℓ on, and each layer's share of that;
+///     when the image tokens are excluded from layer ℓ on, and each layer's share of that (the math is
+///     `Defense.Fusion`'s, which `calibrate --layers fusion` applies);
 /// (2) the sweep — detection AUROC per layer of clean inputs against the same inputs carrying a
 ///     trigger the defender makes up (a seeded noise patch or noise blend, not the attack's).
 /// Beside them, for reporting only, the real trigger's AUROC per layer.
@@ -11,8 +12,6 @@ module CleanSight.Pipeline.Analysis.LayerSelection
 open System
 open Deedle
 open Plotly.NET
-open TorchSharp
-open CleanSight.Core.Inference
 open CleanSight.Core.Vision
 open CleanSight.Pipeline.Defense
 open CleanSight.Pipeline.World
