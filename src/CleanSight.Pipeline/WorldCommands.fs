@@ -28,8 +28,8 @@ let private captionLine (model: CleanSight.Core.Model.LlavaForConditionalGenerat
         |> Array.map (fun (prompt, c) -> $"\"{prompt}\" {c:F2}") |> String.concat ", "
     $"held-out caption CIDEr-D on {images} clean-test images: {parts}"
 
-/// The base recipe with train-base's overrides (steps, decoder depth, heads and width, conversation turns, decoder batch and
-/// learning rate, projector parametrisation, LLaVA's text pre-training and alignment stages).
+/// The base recipe with train-base's overrides (seed, steps, decoder depth, heads and width, conversation turns, decoder batch
+/// and learning rate, projector parametrisation, LLaVA's text pre-training and alignment stages).
 let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let d = BaseModel.defaults
     let positive option n = if n < 1 then raise (InputError(option, $"must be at least 1, got {n}")) else n
@@ -46,6 +46,7 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let layers = args.GetResult(TrainBaseArgs.Text_Layers, d.Sizes.TextLayers)
     if layers < 1 then raise (InputError("--text-layers", $"must be at least 1, got {layers}"))
     { d with
+        Seed = int64 (args.GetResult(TrainBaseArgs.Seed, int d.Seed))
         Sizes = { d.Sizes with TextLayers = layers; TextHeads = heads; TextKvHeads = heads; TextHidden = hidden; TextMlp = mlp }
         Vision = { d.Vision with Steps = args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps) }
         ProjectorCoordinates = if args.Contains TrainBaseArgs.Whiten_Projector then WhitenedProjector.Whitened else d.ProjectorCoordinates

@@ -364,6 +364,12 @@ let tests =
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--align-steps"; "-1" |])) "--align-steps" "negative refused"
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--decoder-lr"; "0" |])) "--decoder-lr" "0 refused"
             }
+            test "--seed sets the recipe's seed and nothing else; without it the committed seed" {
+                let r = parse [| "--out"; "x"; "--seed"; "8" |]
+                Expect.equal r.Seed 8L "set"
+                Expect.equal { r with Seed = BaseModel.defaults.Seed } BaseModel.defaults "nothing else moves"
+                Expect.equal (parse [| "--out"; "x" |]).Seed 7L "the committed base's seed"
+            }
             test "heads that do not divide the width are refused, naming the option" {
                 let e = Expect.throwsC (fun () -> parse [| "--out"; "x"; "--text-heads"; "3" |] |> ignore) id
                 Expect.stringContains e.Message "--text-heads" "names the option"
