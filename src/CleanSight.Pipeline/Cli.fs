@@ -9,6 +9,12 @@ let checkOption (option: string) (parse: unit -> 'T) : 'T =
     try parse ()
     with :? System.ArgumentException as e -> raise (CleanSight.Core.InputError(option, e.Message.Split(" (Parameter").[0]))
 
+/// `--layers` of `calibrate` and `demo` for a decoder of `numLayers` layers; a bad value is one line naming the option.
+let layerRequest (numLayers: int) (text: string option) =
+    match Defense.Calibration.parseLayerRequest numLayers text with
+    | Ok request -> request
+    | Error problem -> raise (CleanSight.Core.InputError("--layers", problem))
+
 type GenerateArgs =
     | [<Mandatory>] Model of dir: string
     | [<Mandatory>] Image of file: string

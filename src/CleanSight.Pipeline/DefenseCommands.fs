@@ -34,10 +34,7 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples) items
         if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
         let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question, it.Task)
-        let request =
-            match Calibration.parseLayerRequest session.Config.Text.NumHiddenLayers (args.TryGetResult CalibrateArgs.Layers) with
-            | Ok request -> request
-            | Error problem -> raise (InputError("--layers", problem))
+        let request = layerRequest session.Config.Text.NumHiddenLayers (args.TryGetResult CalibrateArgs.Layers)
         let layers, layerRule =
             checkOption "--layers" (fun () -> Calibration.resolveLayers session samples (Progress.counter progress "fusion") request)
         let whitening =

@@ -50,6 +50,19 @@ let defaults out =
     { Out = out; Calibration = 200; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
       SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; LayersByFusion = false; PooledReference = false; Seed = 0 }
 
+/// The `--layers` request the settings hold (as two plain fields: settings.json and the config hash
+/// are written by System.Text.Json, which does not serialise F# unions).
+let layerRequest (s: Settings) =
+    if s.LayersByFusion then Calibration.ByCleanFusion
+    else s.Layers |> Option.map Calibration.NamedLayers |> Option.defaultValue Calibration.AtRelativeDepth
+
+/// `s` asking for `request`.
+let withLayerRequest (request: Calibration.LayerRequest) (s: Settings) =
+    match request with
+    | Calibration.AtRelativeDepth -> { s with Layers = None; LayersByFusion = false }
+    | Calibration.NamedLayers layers -> { s with Layers = Some layers; LayersByFusion = false }
+    | Calibration.ByCleanFusion -> { s with Layers = None; LayersByFusion = true }
+
 /// SHA-256 of the settings as JSON, all but the output folder (it changes no result).
 let configHash (s: Settings) =
     let json = JsonSerializer.Serialize({ s with Out = "" })
@@ -148,10 +161,7 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let d = Calibration.defaultSettings layers.Length
     let calItems = Dataset.read manifest.calibration |> Array.truncate s.Calibration
     let samples = calItems |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath manifest.calibration it), it.Question, it.Task)
-    let request =
-        if s.LayersByFusion then Calibration.ByCleanFusion
-        else s.Layers |> Option.map Calibration.NamedLayers |> Option.defaultValue Calibration.AtRelativeDepth
-    let detectionLayers, layerRule = Calibration.resolveLayers session samples (Progress.counter p $"{attack.name}: fusion") request
+    let detectionLayers, layerRule = Calibration.resolveLayers session samples (Progress.counter p $"{attack.name}: fusion") (layerRequest s)
     let settings =
         { d with Layers = detectionLayers; LayerRule = layerRule; Seed = s.Seed
                  References = if s.PooledReference then Calibration.Pooled else Calibration.PerTask }

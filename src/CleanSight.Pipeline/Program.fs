@@ -22,16 +22,10 @@ let main argv =
         | Command.Demo args ->
             let out = args.GetResult DemoArgs.Out
             let d = Demo.defaults out
-            let request =
-                match Defense.Calibration.parseLayerRequest (World.Materialize.textLayers (World.Materialize.locate ())) (args.TryGetResult DemoArgs.Layers) with
-                | Ok request -> request
-                | Error problem -> raise (InputError("--layers", problem))
+            let request = layerRequest (World.Materialize.textLayers (World.Materialize.locate ())) (args.TryGetResult DemoArgs.Layers)
             let s = { d with Test = args.GetResult(DemoArgs.Test, d.Test); Calibration = args.GetResult(DemoArgs.Calibration, d.Calibration)
-                             Layers = (match request with
-                                       | Defense.Calibration.NamedLayers layers -> Some layers
-                                       | Defense.Calibration.AtRelativeDepth | Defense.Calibration.ByCleanFusion -> None)
-                             LayersByFusion = (request = Defense.Calibration.ByCleanFusion)
                              PooledReference = args.Contains DemoArgs.Pooled_Reference }
+                    |> Demo.withLayerRequest request
             if s.Test < 1 then raise (InputError("--test", $"must be at least 1, got {s.Test}"))
             if s.Calibration < 2 then raise (InputError("--calibration", $"calibration needs at least 2 clean samples, got {s.Calibration}"))
             Progress.run (Progress.mode (args.Contains DemoArgs.No_Progress)) "demo" (Demo.run s) |> ignore

@@ -201,6 +201,14 @@ let tests =
             Expect.notEqual (Demo.configHash a) (Demo.configHash { a with LayersByFusion = true }) "layers placed by clean fusion"
             Expect.equal (Demo.configHash a).Length 64 "SHA-256 hex"
         }
+        test "the demo's settings hold a --layers request and give it back, whatever they held before" {
+            let requests = [ Calibration.AtRelativeDepth; Calibration.NamedLayers [| 0 |]; Calibration.ByCleanFusion ]
+            for before in requests do
+                for request in requests do
+                    let s = Demo.defaults "out/a" |> Demo.withLayerRequest before |> Demo.withLayerRequest request
+                    Expect.equal (Demo.layerRequest s) request $"{before} then {request}"
+            Expect.equal (Demo.layerRequest (Demo.defaults "out/a")) Calibration.AtRelativeDepth "the default: the paper's relative depth"
+        }
         test "the demo's output folder: claimed for its settings, resumed with the same, refused with others" {
             let dir = Path.Combine(Path.GetTempPath(), "cleansight-claim-" + Guid.NewGuid().ToString("N"))
             try

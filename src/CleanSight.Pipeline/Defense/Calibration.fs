@@ -264,6 +264,7 @@ let describeLayers (settings: Settings) =
         let parts = Fusion.layerShares knockout |> Array.map (fun x -> x.ToString("F3", Globalization.CultureInfo.InvariantCulture))
         $"{layers} (fusion) from each layer's part of the image's effect, {String.Join(' ', parts)} nats on {samples} samples"
     | RelativeDepth | Named -> $"{layers} ({layerRuleName settings.LayerRule})"
+
 let parseReferences = function
     | "pooled" -> Pooled | "per-task" -> PerTask
     | s -> invalidArg "references" $"unknown references '{s}' (pooled, per-task)"
