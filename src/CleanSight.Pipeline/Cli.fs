@@ -42,11 +42,13 @@ type WorldArgs =
     | [<Mandatory>] Out of dir: string
     | Calibration of n: int
     | Test of n: int
+    | World of dir: string
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Out _ -> "folder for the data and manifest.json"
+            | World _ -> "a tiny world of your own: DIR/base and DIR/adapters/NAME.safetensors, as train-base and attack write them (default: the committed world/)"
             | Calibration _ -> "clean calibration items (default 200)"
             | Test _ -> "held-out test items, clean and triggered per attack (default 200)"
             | No_Progress -> "no progress output"
@@ -179,11 +181,13 @@ type DemoArgs =
     | Calibration of n: int
     | Layers of csv: string
     | Pooled_Reference
+    | World of dir: string
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Out _ -> "folder for report.html, frames/, manifest.json"
+            | World _ -> "a tiny world of your own: DIR/base and DIR/adapters/NAME.safetensors, as train-base and attack write them (default: the committed world/)"
             | Test _ -> "test samples per set (default 100)"
             | Calibration _ -> "clean calibration samples per attack (default 200)"
             | Layers _ -> "CleanSight's detection layers, 0-indexed, e.g. 0; or fusion: from where each model's clean inputs begin to read the image (default: 3 layers at the paper's relative depth)"

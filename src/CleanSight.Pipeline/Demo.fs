@@ -44,11 +44,13 @@ type Settings =
       LayersByFusion: bool
       /// one clean reference for every task (`Calibration.Pooled`); false: one per task
       PooledReference: bool
+      /// the world's folder (base/ and adapters/), a full path; None: the committed world
+      World: string option
       Seed: int }
 
 let defaults out =
     { Out = out; Calibration = 200; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
-      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; LayersByFusion = false; PooledReference = false; Seed = 0 }
+      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; LayersByFusion = false; PooledReference = false; World = None; Seed = 0 }
 
 /// The `--layers` request the settings hold (as two plain fields: settings.json and the config hash
 /// are written by System.Text.Json, which does not serialise F# unions).
@@ -260,7 +262,9 @@ let private writeReport (s: Settings) (results: AttackResult list) =
     let quantile = results.Head.Calibration.Settings.Quantile
     let taus = String.Join(", ", s.TauGrid)
     Report.write (Path.Combine(s.Out, "report.html")) "CleanSight on the tiny backdoored world"
-        [ yield Report.Text "A tiny LLaVA (CLIP-style ViT, 2-layer projector, 8-layer LLaMA decoder) trained here; six projector-only backdoors; CleanSight against the paper's baselines. Thresholds come from clean data only."
+        [ let world = Materialize.resolve s.World
+          let which = match s.World with None -> "the committed tiny world" | Some dir -> $"the tiny world at {dir}"
+          yield Report.Text $"A tiny LLaVA (CLIP-style ViT, 2-layer projector, {Materialize.textLayers world}-layer LLaMA decoder) trained here ({which}); {results.Length} projector-only backdoors; CleanSight against the paper's baselines. Thresholds come from clean data only."
           let listed = String.Join("; ", results |> List.map (fun r -> $"{r.Attack.name} {Calibration.describeLayers r.Calibration.Settings}"))
           yield Report.Text $"CleanSight's detection layers per backdoored model (and how they were chosen): {listed}. Purification, prune-all and uniform attention run from the last of them."
           yield Report.Heading "1. Attention stealing by layer"
@@ -293,16 +297,17 @@ let run (s: Settings) (p: Progress.Reporter) =
         let x = f ()
         durations.Add(name, c.Elapsed.TotalSeconds)
         x
-    let world = Materialize.locate ()
+    let world = Materialize.resolve s.World
+    if Attacks.all Attacks.defaultTarget |> List.forall (fun a -> not (File.Exists(Materialize.adapterPath world a.Name))) then
+        raise (CleanSight.Core.InputError(Path.Combine(world, "adapters"), "holds no attack adapter (attack --name NAME --out DIR/adapters/NAME.safetensors makes one)"))
     claimOutput s
     let manifest = timed "data" (fun () -> Materialize.run world (Path.Combine(s.Out, "data")) s.Calibration s.Test p.Log)
     let attacks = manifest.attacks
     let results =
         [ for i, attack in Array.indexed attacks do
               if File.Exists attack.adapter then yield timed attack.name (fun () -> runAttack s p manifest attack)
-              else p.Log $"{attack.name}: no adapter at {attack.adapter}; skipped (build target Attack-{attack.name} makes it)"
+              else p.Log $"{attack.name}: no adapter at {attack.adapter}; skipped (attack --name {attack.name} --out {attack.adapter} makes it)"
               p.Step "attacks" (i + 1) attacks.Length ]
-    if results.IsEmpty then raise (CleanSight.Core.InputError(Path.Combine(world, "adapters"), "no attack adapters found"))
     p.Log "writing the frames and report.html"
     timed "report" (fun () -> writeReport s results)
     durations.Add("total", total.Elapsed.TotalSeconds)

@@ -13,7 +13,7 @@ open CleanSight.Pipeline.World
 
 let world (args: ParseResults<WorldArgs>) =
     let log = Progress.logger (args.Contains WorldArgs.No_Progress)
-    let world = Materialize.locate ()
+    let world = Materialize.resolve (args.TryGetResult WorldArgs.World)
     let out = args.GetResult WorldArgs.Out
     let manifest =
         Materialize.run world out (args.GetResult(WorldArgs.Calibration, 200)) (args.GetResult(WorldArgs.Test, 200)) log

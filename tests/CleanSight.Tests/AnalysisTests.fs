@@ -148,6 +148,16 @@ let tests =
                 Expect.equal (f.GetColumn<string>("task") |> Series.values |> List.ofSeq |> List.distinct) [ "vqa"; "caption" ] "task column"
                 Expect.equal (f.GetColumn<float>("threshold").[3]) 2.5 "the caption's γ"
             }
+            test "histogram: the clean and the triggered distances as two histograms, and one γ line per task" {
+                let caption = ({ Id = "c"; Task = "caption"; Distance = 2.0; Threshold = 2.5 }: Detection.Scored)
+                let json = Detection.histogram { d with Clean = Array.append d.Clean [| caption |] } |> Plotly.NET.GenericChart.toJson
+                use doc = System.Text.Json.JsonDocument.Parse json
+                let traces =
+                    [ for t in doc.RootElement.GetProperty("data").EnumerateArray() -> t.GetProperty("type").GetString(), t.GetProperty("name").GetString() ]
+                Expect.equal (traces |> List.sort)
+                    [ "histogram", "clean"; "histogram", "triggered"; "scatter", "threshold γ (caption)"; "scatter", "threshold γ (vqa)" ]
+                    "the two histograms and both tasks' γ"
+            }
             test "an attack without distances has no ROC" {
                 Expect.equal (Detection.rocFrame [ { d with Triggered = [||] } ]).RowCount 0 "no rows"
             }

@@ -59,8 +59,8 @@ let rocFrame (all: Distances list) =
 /// One attack's histograms of d, clean vs triggered, with each task's γ marked.
 let histogram (d: Distances) =
     let thresholds = Array.append d.Clean d.Triggered |> Array.map (fun x -> x.Task, x.Threshold) |> Array.distinct |> Array.sort
-    [ Chart.Histogram(values d.Clean, Name = "clean", Opacity = 0.6)
-      Chart.Histogram(values d.Triggered, Name = "triggered", Opacity = 0.6)
+    [ yield Chart.Histogram(values d.Clean, Name = "clean", Opacity = 0.6)
+      yield Chart.Histogram(values d.Triggered, Name = "triggered", Opacity = 0.6)
       for task, g in thresholds ->
           Chart.Line([ g; g ], [ 0.0; float d.Clean.Length ], Name = $"threshold γ ({task})") ]
     |> Chart.combine

@@ -26,9 +26,25 @@ let locate () =
     |> List.tryPick (DirectoryInfo >> up)
     |> Option.defaultWith (fun () -> raise (InputError("world/base", "the embedded tiny world was not found above the current folder")))
 
+/// A tiny world of one's own — `train-base --out DIR/base` and `attack --name NAME --out
+/// DIR/adapters/NAME.safetensors` make one — as a full path; the committed world when none is given.
+/// A folder without `base/config.json` is one error line naming it.
+let resolve (world: string option) =
+    match world with
+    | None -> locate ()
+    | Some dir ->
+        let full = Path.GetFullPath dir
+        if not (Directory.Exists full) then raise (InputError(dir, "no such world folder"))
+        if not (File.Exists(Path.Combine(full, "base", "config.json"))) then
+            raise (InputError(dir, "is not a tiny world: it has no base/config.json (train-base --out DIR/base makes one)"))
+        full
+
 /// The decoder depth of a world's base checkpoint (`train-base --text-layers N` makes one of depth N).
 let textLayers (world: string) =
     CleanSight.Core.Checkpoints.LlavaConfig.Load(Path.Combine(world, "base", "config.json")).Text.NumHiddenLayers
+
+/// Where a world keeps the adapter of an attack.
+let adapterPath (world: string) (attack: string) = Path.Combine(world, "adapters", attack + ".safetensors")
 
 let modeName = function Attacks.Replace -> "replace" | Attacks.Insert -> "insert"
 
@@ -61,7 +77,7 @@ let run (world: string) (out: string) (calibrationCount: int) (testCount: int) (
                Dataset.write jsonl testItems
                log $"poisoned/{attack.Name}: {testItems.Length} items → {jsonl}"
                { name = attack.Name
-                 adapter = Path.Combine(world, "adapters", attack.Name + ".safetensors")
+                 adapter = adapterPath world attack.Name
                  poisoned_test = jsonl
                  target = attack.Target
                  mode = modeName attack.Mode } |]
