@@ -71,7 +71,7 @@ let trainBase (args: ParseResults<TrainBaseArgs>) =
     log $"tokenizer: {tokenizer} ({pieces} pieces)"
     let out = args.GetResult TrainBaseArgs.Out
     use model = BaseModel.train recipe tokenizer log
-    TinyLlava.save out tokenizer recipe.Sizes model
+    TinyLlava.save out tokenizer recipe.Sizes (BaseModel.metadata recipe) model
     let tok = LlavaTokenizer.Load out
     let overall, byKind = BaseModel.heldOutAccuracy model tok 300
     let kinds = byKind |> Array.map (fun (k, a) -> $"{k} {100.0 * a:F0}%%") |> String.concat ", "
@@ -111,6 +111,7 @@ let attack (args: ParseResults<AttackArgs>) =
     TinyLlava.saveAdapter out session.Model
         [ "attack", spec.Name; "target", spec.Target; "mode", Materialize.modeName spec.Mode
           "trigger", Triggers.name spec.Trigger; "trigger_parameters", Triggers.parameters spec.Trigger
-          "poison_rate", string spec.PoisonRate; "steps", string spec.Schedule.Steps ]
+          "poison_rate", string spec.PoisonRate; "steps", string spec.Schedule.Steps
+          CleanSight.Core.Checkpoints.BaseFingerprint.MetadataKey, CleanSight.Core.Checkpoints.BaseFingerprint.Of(session.Directory) ]
     printfn "%s" out
     0

@@ -30,7 +30,7 @@ let private rows (seed: int) (task: Dataset.Task) (centre: float) (n: int) =
     let rng = Random(seed)
     [| for _ in 1 .. n -> Array.init 12 (fun _ -> centre + rng.NextDouble()), task |]
 
-let private noFingerprint: Calibration.Fingerprint = { Config = ""; Tensors = ""; Projector = "" }
+let private noFingerprint: Calibration.Fingerprint = { Config = ""; Tensors = ""; Projector = ""; Base = "" }
 
 let private settings = { Calibration.defaultSettings 3 with Layers = [| 0; 1; 2 |] }
 
@@ -151,6 +151,29 @@ let tests =
             let message = inputError (fun () -> Calibration.load path adapted)
             Expect.stringContains message path "names the file"
             Expect.stringContains message "another model" "says another model"
+        }
+        test "a file made with the same adapter on another base of one architecture is refused" {
+            use adapted = LlavaSession.Load(Fixtures.tinyLlava, adapter = otherAdapter.Value)
+            let c = Calibration.calibrate adapted settings (samples 12) (fun _ _ -> ())
+            let path = Path.Combine(Fixtures.tempDir (), "calibration.json")
+            Calibration.save path c
+            // another base: the fixture with one bit of its token embedding flipped
+            let otherBase = Fixtures.tinyLlavaCopy ()
+            let entry = (CleanSight.Core.Checkpoints.CheckpointFiles.Open otherBase).Tensors.["language_model.model.embed_tokens.weight"]
+            do
+                use f = new FileStream(entry.File, FileMode.Open, FileAccess.ReadWrite)
+                f.Position <- entry.DataStart
+                let b = f.ReadByte()
+                f.Position <- entry.DataStart
+                f.WriteByte(byte (b ^^^ 1))
+            use elsewhere = LlavaSession.Load(otherBase, adapter = otherAdapter.Value)
+            let fp = Calibration.fingerprint elsewhere
+            Expect.equal (fp.Config, fp.Tensors, fp.Projector) (c.Fingerprint.Config, c.Fingerprint.Tensors, c.Fingerprint.Projector)
+                "(same config, layout and projector: only the base differs)"
+            let message = inputError (fun () -> Calibration.load path elsewhere)
+            Expect.stringContains message path "names the file"
+            Expect.stringContains message "base weights differ" "says why"
+            Expect.equal (Calibration.load path adapted).Fingerprint c.Fingerprint "its own model loads it"
         }
         test "fewer samples than dimensions with full whitening: finite threshold, positive shrinkage, and it round-trips" {
             let few = Calibration.calibrate session.Value { settings with Whitening = Full LedoitWolf } (samples 5) (fun _ _ -> ())

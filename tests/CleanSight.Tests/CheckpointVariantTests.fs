@@ -87,6 +87,22 @@ let private linear1 = "multi_modal_projector.linear_1.weight"
 [<Tests>]
 let tests =
     testSequenced <| testList "checkpoint variants" [
+        test "base fingerprint: the same weights in any layout agree; other bytes, another embedding value differ; the projector does not count" {
+            let original = BaseFingerprint.Of Fixtures.tinyLlava
+            Expect.equal original.Length 64 "SHA-256 hex"
+            let newer = writeVariant ignore (readFixtureWeights () |> List.map (fun (n, t) -> toNewerKey n, t))
+            Expect.equal (BaseFingerprint.Of newer) original "two shards, classic keys = one file, newer keys"
+            Expect.notEqual (BaseFingerprint.Of(writeVariant ignore (converted torch.ScalarType.Float32))) original "the same values stored as F32"
+            let nudged (name: string) =
+                writeVariant ignore [
+                    for n, t in readFixtureWeights () ->
+                        if n = name then
+                            use _ = torch.no_grad ()
+                            t.view(-1L).narrow(0L, 0L, 1L).add_(torch.tensor(0.5f, torch.ScalarType.Float16)) |> ignore
+                        n, t ]
+            Expect.notEqual (BaseFingerprint.Of(nudged embedTokens)) original "one embedding value changed"
+            Expect.equal (BaseFingerprint.Of(nudged linear1)) original "a projector value changed (what an adapter changes)"
+        }
         test "newer key layout in one model.safetensors gives identical logits and ids" {
             let weights = readFixtureWeights () |> List.map (fun (n, t) -> toNewerKey n, t)
             let dir = writeVariant ignore weights

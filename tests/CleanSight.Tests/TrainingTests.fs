@@ -281,7 +281,9 @@ let tests =
             test "saveAdapter → Load(dir, adapter) reproduces the projector and the first-token logits" {
                 let dir = Path.Combine(Fixtures.tempDir (), "small")
                 use model = newModel 13L
-                TinyLlava.save dir Fixtures.tinyLlava sizes model
+                TinyLlava.save dir Fixtures.tinyLlava sizes (BaseModel.metadata BaseModel.defaults) model
+                Expect.equal (SafetensorsFile.Open(Path.Combine(dir, "model.safetensors")).Metadata |> Seq.map (fun kv -> kv.Key, kv.Value) |> Map.ofSeq)
+                    (Map.ofList (BaseModel.metadata BaseModel.defaults)) "the base's header holds the recipe"
                 // the "attack": change the projector after the base was written
                 let nudge () =
                     use _ = torch.no_grad ()
@@ -304,10 +306,29 @@ let tests =
                 Expect.equal (logits adapted.Model adapted q) ours "identical first-token logits with the adapter"
                 Expect.notEqual (logits plain.Model plain q) ours "(without the adapter they differ: it was applied)"
             }
+            test "an adapter that names another base is refused before loading, naming the adapter; on its own base it loads" {
+                let a = Path.Combine(Fixtures.tempDir (), "a")
+                let b = Path.Combine(Fixtures.tempDir (), "b")
+                use modelA = newModel 16L
+                use modelB = newModel 17L
+                TinyLlava.save a Fixtures.tinyLlava sizes [] modelA
+                TinyLlava.save b Fixtures.tinyLlava sizes [] modelB
+                Expect.notEqual (BaseFingerprint.Of a) (BaseFingerprint.Of b) "two bases of one architecture"
+                let adapter = Path.Combine(a, "..", "adapter-of-a.safetensors")
+                TinyLlava.saveAdapter adapter modelA [ BaseFingerprint.MetadataKey, BaseFingerprint.Of a ]
+                use onA = LlavaSession.Load(a, adapter = adapter) // its own base
+                let message = inputError (fun () -> LlavaSession.Load(b, adapter = adapter))
+                Expect.stringContains message (Path.GetFullPath adapter) "names the adapter"
+                Expect.stringContains message "another base model" "says why"
+                let unnamed = Path.Combine(a, "..", "unnamed.safetensors")
+                TinyLlava.saveAdapter unnamed modelA [ "attack", "test" ]
+                use onB = LlavaSession.Load(b, adapter = unnamed) // an adapter that names no base loads anywhere
+                ()
+            }
             test "an adapter with a non-projector tensor is refused, naming the file and the tensor" {
                 let dir = Path.Combine(Fixtures.tempDir (), "small")
                 use model = newModel 14L
-                TinyLlava.save dir Fixtures.tinyLlava sizes model
+                TinyLlava.save dir Fixtures.tinyLlava sizes [] model
                 let stray = [ for struct (n, p) in model.named_parameters () do if not (isProjector n) then n, p ] |> List.head
                 let tensors = [ for struct (n, p) in model.named_parameters () do if isProjector n || n = fst stray then struct (n, p.detach ()) ]
                 let bad = Path.Combine(dir, "..", "bad.safetensors")
@@ -319,7 +340,7 @@ let tests =
             test "an adapter missing a projector tensor is refused" {
                 let dir = Path.Combine(Fixtures.tempDir (), "small")
                 use model = newModel 15L
-                TinyLlava.save dir Fixtures.tinyLlava sizes model
+                TinyLlava.save dir Fixtures.tinyLlava sizes [] model
                 let tensors = [ for struct (n, p) in model.named_parameters () do if isProjector n && not (n.EndsWith "linear_2.bias") then struct (n, p.detach ()) ]
                 let bad = Path.Combine(dir, "..", "partial.safetensors")
                 SafetensorsFile.Write(bad, tensors)
@@ -377,6 +398,23 @@ let tests =
             }
         ]
 
+        test "the committed base records the recipe that made it: BaseModel.defaults" {
+            // Guards world/base against drifting from the recipe (e.g. a default changed without the
+            // base trained again) and tells a reader of the checkpoint how it was made.
+            let path = Path.Combine(Fixtures.root, "world", "base", "model.safetensors")
+            let m = (SafetensorsFile.Open path).Metadata |> Seq.map (fun kv -> kv.Key, kv.Value) |> Map.ofSeq
+            Expect.equal m (Map.ofList (BaseModel.metadata BaseModel.defaults)) $"{path}: recipe"
+        }
+        test "the recipe metadata tells recipes apart: seed, steps, learning rate, labelling" {
+            let d = BaseModel.metadata BaseModel.defaults |> Map.ofList
+            let other r = BaseModel.metadata r |> Map.ofList
+            Expect.equal d.["seed"] "7" "seed"
+            Expect.notEqual (other { BaseModel.defaults with Seed = 8L }) d "another seed"
+            Expect.notEqual (other { BaseModel.defaults with Decoder = { BaseModel.defaults.Decoder with PeakLr = 1e-3 } }) d "another decoder LR"
+            Expect.notEqual (other { BaseModel.defaults with TextPretrain = { BaseModel.defaults.TextPretrain with Steps = 0 } }) d "no text pre-training"
+            Expect.notEqual (other { BaseModel.defaults with PatchLabelling = Scenes.ByCell }) d "another labelling"
+            Expect.equal d.["decoder_peak_lr"] "0.0005" "numbers as invariant round-trip text"
+        }
         test "each committed adapter was made by its attack as Attacks.all defines it (target, trigger and its parameters, rate, steps)" {
             // Guards world/adapters against drifting from the attack code (e.g. a step count changed
             // without the adapter trained again).
@@ -390,6 +428,7 @@ let tests =
                 Expect.equal m.["trigger_parameters"] (Triggers.parameters attack.Trigger) $"{path}: trigger parameters (e.g. ISSBA's residual strength)"
                 Expect.equal m.["poison_rate"] (string attack.PoisonRate) $"{path}: poison rate"
                 Expect.equal m.["steps"] (string attack.Schedule.Steps) $"{path}: steps"
+                Expect.equal m.[BaseFingerprint.MetadataKey] (BaseFingerprint.Of(Path.Combine(Fixtures.root, "world", "base"))) $"{path}: trained on the committed base"
         }
 
         testList "attack data" [

@@ -48,7 +48,8 @@ namespace CleanSight.Core.Inference
 
         /// <summary>
         /// Loads a checkpoint folder (safetensors only), optionally overlaying a projector adapter
-        /// (a safetensors file of multi_modal_projector.* tensors). Bad files raise InputError.
+        /// (a safetensors file of multi_modal_projector.* tensors; one whose metadata names another
+        /// base, <see cref="BaseFingerprint"/>, is refused). Bad files raise InputError.
         /// </summary>
         public static LlavaSession Load(string dir, RunOptions options = null, string adapter = null,
             string template = LlavaPrompt.DefaultTemplate, Action<int, int> progress = null)
@@ -63,10 +64,17 @@ namespace CleanSight.Core.Inference
                 throw new InputError(preprocessorPath,
                     $"crop size {preprocessor.CropHeight}x{preprocessor.CropWidth} differs from the vision tower's image size {config.Vision.ImageSize}");
             var files = CheckpointFiles.Open(dir);
+            // an adapter that names the base it was trained on is refused on any other, before loading
+            var adapterFiles = adapter == null ? null : CheckpointFiles.OpenFile(adapter);
+            if (adapterFiles != null && adapterFiles.Shards[0].Metadata?.ContainsKey(BaseFingerprint.MetadataKey) == true)
+            {
+                var problem = BaseFingerprint.AdapterProblem(adapterFiles.Shards[0], BaseFingerprint.Of(files));
+                if (problem != null) throw new InputError(adapterFiles.Root, problem);
+            }
             var model = new LlavaForConditionalGeneration(config, options.Dtype, options.TorchDevice);
             WeightLoader.Load(model, files, progress: progress);
-            if (adapter != null)
-                WeightLoader.Load(model, CheckpointFiles.OpenFile(adapter), onlyPrefix: "multi_modal_projector.");
+            if (adapterFiles != null)
+                WeightLoader.Load(model, adapterFiles, onlyPrefix: "multi_modal_projector.");
             model.eval();
             return new LlavaSession(dir, config, model, tokenizer, preprocessor, template, options);
         }

@@ -76,8 +76,10 @@ let minTaskSamples = 10
 let samplesForQuantile (quantile: float) = int (ceil (1.0 / (1.0 - quantile) - 1e-9))
 
 /// Which model a calibration belongs to: hashes of config.json, of the parameter names and shapes,
-/// and of the projector's values (the part an adapter changes).
-type Fingerprint = { Config: string; Tensors: string; Projector: string }
+/// of the projector's values (the part an adapter changes), and of the base checkpoint's weights
+/// outside the projector (`BaseFingerprint`: tells apart two bases of one architecture that carry the
+/// same adapter).
+type Fingerprint = { Config: string; Tensors: string; Projector: string; Base: string }
 
 /// A reference fitted on clean samples (all of them, or one task's), the clean distances its threshold
 /// is the quantile of (`Settings.ThresholdFrom`), and the threshold.
@@ -117,8 +119,9 @@ let foreignTasks (c: Calibration) (tasks: Dataset.Task seq) =
 
 let formatName = "cleansight-calibration"
 /// 2: per-task references (`references`, `task_samples`, `tasks`) and `threshold_from`;
-/// 3: `layer_rule` (and, for the clean-fusion rule, `fusion_knockout`, `fusion_samples`)
-let formatVersion = 3
+/// 3: `layer_rule` (and, for the clean-fusion rule, `fusion_knockout`, `fusion_samples`);
+/// 4: `model.base_fingerprint`
+let formatVersion = 4
 
 let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes).ToLowerInvariant()
 
@@ -133,7 +136,8 @@ let fingerprint (session: LlavaSession) =
             projector.AppendData(cpu.bytes.ToArray())
     { Config = sha256 (File.ReadAllBytes(Path.Combine(session.Directory, "config.json")))
       Tensors = sha256 (Encoding.UTF8.GetBytes names)
-      Projector = Convert.ToHexString(projector.GetHashAndReset()).ToLowerInvariant() }
+      Projector = Convert.ToHexString(projector.GetHashAndReset()).ToLowerInvariant()
+      Base = CleanSight.Core.Checkpoints.BaseFingerprint.Of session.Directory }
 
 /// The image span (first, last position) of a prompt's ids.
 let imageSpan (session: LlavaSession) (ids: int64[]) =
@@ -304,7 +308,8 @@ let private body (c: Calibration) =
           "version", JsonValue.Create formatVersion
           "model", obj [ "config_sha256", JsonValue.Create c.Fingerprint.Config
                          "tensors_sha256", JsonValue.Create c.Fingerprint.Tensors
-                         "projector_sha256", JsonValue.Create c.Fingerprint.Projector ]
+                         "projector_sha256", JsonValue.Create c.Fingerprint.Projector
+                         "base_fingerprint", JsonValue.Create c.Fingerprint.Base ]
           "prompt_template", JsonValue.Create c.Template
           "layers", JsonArray(c.Settings.Layers |> Array.map (fun l -> JsonValue.Create l :> JsonNode)) ]
         @ layerRule
@@ -362,12 +367,14 @@ let load (path: string) (session: LlavaSession) : Calibration =
     readChecked path (fun o ->
         let m = o.["model"]
         let fp = { Config = m.["config_sha256"].GetValue<string>(); Tensors = m.["tensors_sha256"].GetValue<string>()
-                   Projector = m.["projector_sha256"].GetValue<string>() }
+                   Projector = m.["projector_sha256"].GetValue<string>(); Base = m.["base_fingerprint"].GetValue<string>() }
         let actual = fingerprint session
         if fp.Tensors <> actual.Tensors || fp.Config <> actual.Config then
             fail "made for another model (config or tensor layout differs)"
         if fp.Projector <> actual.Projector then
             fail "made for another model (its projector weights differ: another adapter or checkpoint)"
+        if fp.Base <> actual.Base then
+            fail "made for another model (its base weights differ: another checkpoint of the same architecture)"
         let floats (n: JsonNode) = n.AsArray() |> Seq.map (fun x -> x.GetValue<float>()) |> Seq.toArray
         let mat (n: JsonNode) = if isNull n then None else Some(n.AsArray() |> Seq.map floats |> Seq.toArray)
         let referenceOf (whitening: Whitening) (o: JsonNode) =

@@ -67,6 +67,27 @@ let defaults =
       TextSentences = 20000
       CaptionShare = 0.15 }
 
+/// The recipe as the flat string pairs a safetensors header holds (`train-base` writes them into the
+/// base's model.safetensors: which seed, steps and learning rates made a checkpoint). Sizes are not
+/// repeated: config.json has them.
+let metadata (r: Recipe) =
+    let num (x: float) = x.ToString("R", Globalization.CultureInfo.InvariantCulture)
+    let schedule stage (s: Training.Schedule) =
+        [ $"{stage}_steps", string s.Steps; $"{stage}_peak_lr", num s.PeakLr; $"{stage}_warmup_steps", string s.WarmupSteps
+          $"{stage}_weight_decay", num s.WeightDecay; $"{stage}_batch_size", string s.BatchSize; $"{stage}_seed", string s.Seed ]
+    [ "recipe", "cleansight tiny-world base"
+      "seed", string r.Seed
+      "vision_scenes", string r.VisionScenes
+      "vision_reconstruction", num r.VisionReconstruction
+      "patch_labelling", sprintf "%A" r.PatchLabelling
+      "train_scenes", string r.TrainScenes
+      "turns", string r.Turns
+      "projector_coordinates", sprintf "%A" r.ProjectorCoordinates
+      "text_every", string r.TextEvery
+      "text_sentences", string r.TextSentences
+      "caption_share", num r.CaptionShare ]
+    @ schedule "vision" r.Vision @ schedule "text_pretrain" r.TextPretrain @ schedule "align" r.Align @ schedule "decoder" r.Decoder
+
 /// The tiny world's image processor (CLIP normalisation at the tiny size).
 let preprocessor (sizes: TinyLlava.Sizes) = ClipPreprocessorConfig.Parse(TinyLlava.preprocessorJson sizes, "tiny world")
 

@@ -102,10 +102,11 @@ let initialize (seed: int64) (model: torch.nn.Module) =
 /// The tokenizer files of a checkpoint folder.
 let tokenizerFiles = [ "tokenizer.model"; "tokenizer_config.json"; "special_tokens_map.json" ]
 
-/// Writes a llava-hf checkpoint folder: config, single-file safetensors (F32), preprocessor, and the
-/// tokenizer copied from `tokenizerDir` (the tiny world's: `WorldTokenizer`, whose <image> and <pad>
-/// are added tokens right after its pieces).
-let save (dir: string) (tokenizerDir: string) (s: Sizes) (model: LlavaForConditionalGeneration) =
+/// Writes a llava-hf checkpoint folder: config, single-file safetensors (F32, with `metadata` in its
+/// header — train-base records its recipe there), preprocessor, and the tokenizer copied from
+/// `tokenizerDir` (the tiny world's: `WorldTokenizer`, whose <image> and <pad> are added tokens right
+/// after its pieces).
+let save (dir: string) (tokenizerDir: string) (s: Sizes) (metadata: (string * string) list) (model: LlavaForConditionalGeneration) =
     Directory.CreateDirectory dir |> ignore
     CleanSight.Pipeline.Files.writeAtomic (Path.Combine(dir, "config.json")) (fun st ->
         use w = new System.Text.Json.Utf8JsonWriter(st, System.Text.Json.JsonWriterOptions(Indented = true))
@@ -116,7 +117,7 @@ let save (dir: string) (tokenizerDir: string) (s: Sizes) (model: LlavaForConditi
     for f in tokenizerFiles do
         File.Copy(Path.Combine(tokenizerDir, f), Path.Combine(dir, f), true)
     let tensors = [ for struct (n, p) in model.named_parameters () -> struct (n, p.detach ()) ]
-    SafetensorsFile.Write(Path.Combine(dir, "model.safetensors"), tensors)
+    SafetensorsFile.Write(Path.Combine(dir, "model.safetensors"), tensors, dict metadata)
 
 /// Writes a projector adapter: multi_modal_projector.* tensors only.
 let saveAdapter (path: string) (model: LlavaForConditionalGeneration) (metadata: (string * string) list) =
