@@ -22,10 +22,11 @@ let main argv =
         | Command.Demo args ->
             let out = args.GetResult DemoArgs.Out
             let d = Demo.defaults out
-            let world = args.TryGetResult DemoArgs.World |> Option.map (Some >> World.Materialize.resolve)
-            let request = layerRequest (World.Materialize.textLayers (World.Materialize.resolve world)) (args.TryGetResult DemoArgs.Layers)
+            let given = args.TryGetResult DemoArgs.World
+            let world = World.Materialize.resolve given
+            let request = layerRequest (World.Materialize.textLayers world) (args.TryGetResult DemoArgs.Layers)
             let s = { d with Test = args.GetResult(DemoArgs.Test, d.Test); Calibration = args.GetResult(DemoArgs.Calibration, d.Calibration)
-                             PooledReference = args.Contains DemoArgs.Pooled_Reference; World = world }
+                             PooledReference = args.Contains DemoArgs.Pooled_Reference; World = given |> Option.map (fun _ -> world) }
                     |> Demo.withLayerRequest request
             if s.Test < 1 then raise (InputError("--test", $"must be at least 1, got {s.Test}"))
             if s.Calibration < 2 then raise (InputError("--calibration", $"calibration needs at least 2 clean samples, got {s.Calibration}"))

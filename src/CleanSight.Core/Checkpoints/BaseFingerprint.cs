@@ -54,12 +54,15 @@ namespace CleanSight.Core.Checkpoints
         public static string Of(string dir) => Of(CheckpointFiles.Open(dir));
 
         /// <summary>
-        /// Null when <paramref name="adapter"/> names no base or names this one (<paramref name="actual"/>);
-        /// otherwise the problem, in one line.
+        /// Null when <paramref name="adapter"/> names no base or names <paramref name="baseFiles"/>
+        /// (whose fingerprint is computed only when the adapter names one); otherwise the problem, in one line.
         /// </summary>
-        public static string AdapterProblem(SafetensorsFile adapter, string actual)
+        public static string AdapterProblem(SafetensorsFile adapter, CheckpointFiles baseFiles)
         {
-            if (adapter.Metadata == null || !adapter.Metadata.TryGetValue(MetadataKey, out var expected) || expected == actual)
+            if (adapter.Metadata == null || !adapter.Metadata.TryGetValue(MetadataKey, out var expected))
+                return null;
+            var actual = Of(baseFiles);
+            if (expected == actual)
                 return null;
             return $"was trained on another base model (its {MetadataKey} {Short(expected)}…, this base's {Short(actual)}…): "
                    + "overlay it on the base it was made from";

@@ -66,11 +66,8 @@ namespace CleanSight.Core.Inference
             var files = CheckpointFiles.Open(dir);
             // an adapter that names the base it was trained on is refused on any other, before loading
             var adapterFiles = adapter == null ? null : CheckpointFiles.OpenFile(adapter);
-            if (adapterFiles != null && adapterFiles.Shards[0].Metadata?.ContainsKey(BaseFingerprint.MetadataKey) == true)
-            {
-                var problem = BaseFingerprint.AdapterProblem(adapterFiles.Shards[0], BaseFingerprint.Of(files));
-                if (problem != null) throw new InputError(adapterFiles.Root, problem);
-            }
+            var problem = adapterFiles == null ? null : BaseFingerprint.AdapterProblem(adapterFiles.Shards[0], files);
+            if (problem != null) throw new InputError(adapterFiles.Root, problem);
             var model = new LlavaForConditionalGeneration(config, options.Dtype, options.TorchDevice);
             WeightLoader.Load(model, files, progress: progress);
             if (adapterFiles != null)
