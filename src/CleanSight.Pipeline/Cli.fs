@@ -49,7 +49,7 @@ type WorldArgs =
             match a with
             | Out _ -> "folder for the data and manifest.json"
             | World _ -> "a tiny world of your own: DIR/base and DIR/adapters/NAME.safetensors, as train-base and attack write them (default: the committed world/)"
-            | Calibration _ -> "clean calibration items (default 200)"
+            | Calibration _ -> "clean calibration items, every third a caption request (default 300: 200 VQA questions, 100 caption requests)"
             | Test _ -> "held-out test items, clean and triggered per attack (default 200)"
             | No_Progress -> "no progress output"
 
@@ -189,7 +189,7 @@ type DemoArgs =
             | Out _ -> "folder for report.html, frames/, manifest.json"
             | World _ -> "a tiny world of your own: DIR/base and DIR/adapters/NAME.safetensors, as train-base and attack write them (default: the committed world/)"
             | Test _ -> "test samples per set (default 100)"
-            | Calibration _ -> "clean calibration samples per attack (default 200)"
+            | Calibration _ -> "clean calibration samples per attack, every third a caption request (default 300: 200 VQA questions, 100 caption requests)"
             | Layers _ -> "CleanSight's detection layers, 0-indexed, e.g. 0; or fusion: from where each model's clean inputs begin to read the image (default: 3 layers at the paper's relative depth)"
             | Pooled_Reference -> "calibrate one clean reference for every task (default: one per task)"
             | No_Progress -> "no progress output"

@@ -49,7 +49,7 @@ type Settings =
       Seed: int }
 
 let defaults out =
-    { Out = out; Calibration = 200; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
+    { Out = out; Calibration = Materialize.defaultCalibration; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
       SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; LayersByFusion = false; PooledReference = false; World = None; Seed = 0 }
 
 /// The `--layers` request the settings hold (as two plain fields: settings.json and the config hash

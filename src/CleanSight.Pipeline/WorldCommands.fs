@@ -16,7 +16,7 @@ let world (args: ParseResults<WorldArgs>) =
     let world = Materialize.resolve (args.TryGetResult WorldArgs.World)
     let out = args.GetResult WorldArgs.Out
     let manifest =
-        Materialize.run world out (args.GetResult(WorldArgs.Calibration, 200)) (args.GetResult(WorldArgs.Test, 200)) log
+        Materialize.run world out (args.GetResult(WorldArgs.Calibration, Materialize.defaultCalibration)) (args.GetResult(WorldArgs.Test, 200)) log
     printfn "%s" (Path.Combine(out, "manifest.json"))
     ignore manifest
     0

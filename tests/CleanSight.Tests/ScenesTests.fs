@@ -80,6 +80,18 @@ let tests =
             Dataset.write path big
             Expect.sequenceEqual (Dataset.read path) big "the built split is a valid dataset"
         }
+        test "everyNthCaption: every n-th item a caption request of the same scene and image, the others as item makes them at share 0" {
+            let spec = { defaultBuild with Seed = 5; Prefix = "cal-" }
+            for every in [ 2; 3; 5 ] do
+                let items = [| for i in 0..29 -> everyNthCaption every spec i |]
+                for i, it in Array.indexed items do
+                    Expect.equal it.Image (imageFile spec i) $"{every}: image {i}"
+                    if i % every = every - 1 then
+                        Expect.equal it.Task Dataset.Caption $"{every}: item {i} a caption request"
+                        Expect.equal it.Answers (captions (generate spec.Seed i)) $"{every}: item {i}'s captions"
+                    else Expect.equal it (item spec i) $"{every}: item {i} the VQA item at share 0"
+                Expect.equal (items |> Array.filter (fun it -> it.Task = Dataset.Caption)).Length (30 / every) $"{every}: one in {every}"
+        }
         test "renders at other sizes" {
             for size in [ 8; 48; 64; 336 ] do
                 let img = render size (generate 3 4)

@@ -443,10 +443,18 @@ let item (spec: BuildSpec) (index: int) : Dataset.Item =
         { Id = id; Image = imageFile spec index; Question = qa.Question
           Answers = List.replicate 10 (CleanSight.Pipeline.Metrics.VqaMetrics.normalize qa.Answer); Task = Dataset.Vqa }
 
-/// Renders the images of `indices` as PNGs under `folder`/images (in parallel) and returns their items,
-/// whose image paths are relative to `folder` — write the .jsonl there.
-let build (spec: BuildSpec) (indices: int seq) (folder: string) : Dataset.Item[] =
+/// Renders the images of `indices` as PNGs under `folder`/images (in parallel) and returns their items
+/// made by `itemOf`, whose image paths are relative to `folder` — write the .jsonl there.
+let buildWith (itemOf: int -> Dataset.Item) (spec: BuildSpec) (indices: int seq) (folder: string) : Dataset.Item[] =
     let indices = Seq.toArray indices
     Directory.CreateDirectory(Path.Combine(folder, "images")) |> ignore
     indices |> Array.Parallel.iter (fun i -> (render spec.Size (generate spec.Seed i)).Save(Path.Combine(folder, imageFile spec i)))
-    indices |> Array.map (item spec)
+    indices |> Array.map itemOf
+
+/// `buildWith (item spec)`: the task of each item drawn at `spec.CaptionShare`.
+let build (spec: BuildSpec) (indices: int seq) (folder: string) : Dataset.Item[] = buildWith (item spec) spec indices folder
+
+/// Every `every`-th item (the 3rd, 6th, … for 3) a caption request, the others VQA questions: a split with
+/// a fixed share of each task, spread evenly so that any prefix of it holds both.
+let everyNthCaption (every: int) (spec: BuildSpec) (index: int) : Dataset.Item =
+    item { spec with CaptionShare = (if index % every = every - 1 then 1.0 else 0.0) } index
