@@ -109,4 +109,9 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         for name, m in metrics do
             printfn "%-13s %7s %7s %8s %8s %7s %7s" name (pct m.Asr) (pct m.CleanAsr) (pct m.Clean.Utility) (pct m.Poisoned.Utility)
                 (match m.Auroc with Some a -> $"{a:F3}" | None -> "-") (pct m.PrunedFraction)
+        // detection per task: each task has its own clean reference, so its own FPR
+        for name, m in metrics do
+            if m.ByTask.Length > 0 then
+                let tasks = [ for task, t in m.ByTask -> $"{task}: TPR {(pct t.Tpr).Trim()} FPR {(pct t.Fpr).Trim()} ({t.CleanSamples} clean)" ]
+                printfn "%s detection: TPR %s %%, FPR %s %%; %s" name ((pct m.Tpr).Trim()) ((pct m.Fpr).Trim()) (String.concat "; " tasks)
         0)

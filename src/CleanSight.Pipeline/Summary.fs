@@ -21,6 +21,11 @@ let utility (records: Record[]) =
     let cider = if captions.Length = 0 then None else Some(Cider.cider (captions |> Array.map (fun r -> r.Output, r.Answers)))
     { Vqa = acc; VScore = vs; Cider = cider; Utility = (match acc with Some a -> Some a | None -> cider) }
 
+/// Detection on one task's records: each task is compared with its own clean reference (one per task
+/// by default), so its false-positive rate is its own — the pooled FPR can hide a task flagged far
+/// more often than the target.
+type TaskDetection = { Tpr: float option; Fpr: float option; CleanSamples: int; PoisonedSamples: int }
+
 type DefenseMetrics =
     { Asr: float option
       CleanAsr: float option
@@ -32,7 +37,9 @@ type DefenseMetrics =
       PrunedFraction: float option
       MsPerSample: float option
       CleanSamples: int
-      PoisonedSamples: int }
+      PoisonedSamples: int
+      /// per task (in the order tasks first appear), when the defense detects; empty otherwise
+      ByTask: (string * TaskDetection)[] }
 
 let ofDefense (records: Record[]) =
     let clean = records |> Array.filter (fun r -> r.Split = "clean")
@@ -52,7 +59,15 @@ let ofDefense (records: Record[]) =
       PrunedFraction = records |> Array.map (fun r -> float r.Pruned.Length / float (max 1 r.VisualTokens)) |> mean
       MsPerSample = records |> Array.map (fun r -> r.Ms) |> mean
       CleanSamples = clean.Length
-      PoisonedSamples = poisoned.Length }
+      PoisonedSamples = poisoned.Length
+      ByTask =
+        if not detected then [||]
+        else
+            records |> Array.map (fun r -> r.Task) |> Array.distinct |> Array.map (fun task ->
+                let c = clean |> Array.filter (fun r -> r.Task = task)
+                let p = poisoned |> Array.filter (fun r -> r.Task = task)
+                task, { Tpr = rate p (fun r -> r.Flagged); Fpr = rate c (fun r -> r.Flagged)
+                        CleanSamples = c.Length; PoisonedSamples = p.Length }) }
 
 /// Metrics of every defense, in the order the defenses first appear.
 let ofRecords (records: Record[]) =
@@ -61,7 +76,8 @@ let ofRecords (records: Record[]) =
 
 let private num (x: float option) : JsonNode = match x with Some v when not (System.Double.IsNaN v) -> JsonValue.Create v | _ -> null
 
-/// metrics.json: {"defenses": {NAME: {"asr", "clean_asr", "clean_utility", "poisoned_utility", "auroc", …}}}
+/// metrics.json: {"defenses": {NAME: {"asr", "clean_asr", "clean_utility", "poisoned_utility", "auroc", …,
+/// "by_task": {TASK: {"tpr", "fpr", "clean_samples", "poisoned_samples"}} for a defense that detects}}}
 let toJson (metrics: (string * DefenseMetrics)[]) =
     let defenses = JsonObject()
     for name, m in metrics do
@@ -83,6 +99,16 @@ let toJson (metrics: (string * DefenseMetrics)[]) =
         o.["poisoned_cider_d"] <- num m.Poisoned.Cider
         o.["clean_samples"] <- JsonValue.Create m.CleanSamples
         o.["poisoned_samples"] <- JsonValue.Create m.PoisonedSamples
+        if m.ByTask.Length > 0 then
+            let byTask = JsonObject()
+            for task, t in m.ByTask do
+                let d = JsonObject()
+                d.["tpr"] <- num t.Tpr
+                d.["fpr"] <- num t.Fpr
+                d.["clean_samples"] <- JsonValue.Create t.CleanSamples
+                d.["poisoned_samples"] <- JsonValue.Create t.PoisonedSamples
+                byTask.[task] <- d
+            o.["by_task"] <- byTask
         defenses.[name] <- o
     let root = JsonObject()
     root.["defenses"] <- defenses

@@ -191,7 +191,7 @@ let tests =
                       Clean = { Vqa = Some 0.5; VScore = Some 0.6; Cider = None; Utility = Some 0.5 }
                       Poisoned = { Vqa = Some 0.4; VScore = Some 0.4; Cider = None; Utility = Some 0.4 }
                       Auroc = None; Tpr = None; Fpr = None; PrunedFraction = Some 0.1; MsPerSample = Some 3.0
-                      CleanSamples = 20; PoisonedSamples = 20 }
+                      CleanSamples = 20; PoisonedSamples = 20; ByTask = [||] }
                 let rows = [ Ablations.tauRow "badnet" None m; Ablations.tauRow "badnet" (Some 0.6) m ]
                 Expect.equal (rows |> List.map Ablations.tauLabel) [ "no purification"; "τ = 0.6/T" ] "labels"
                 let f = Ablations.tauFrame rows

@@ -157,6 +157,29 @@ let tests =
             Expect.equal (s.Decode [| 527L |]) "" "dropped alone"
             Expect.equal (s.Decode [| 274L; 527L; 333L |]) (s.Decode [| 274L; 333L |]) "dropped between others"
         }
+        test "metrics per task: each task's FPR and TPR from its own records, in metrics.json; none without detection" {
+            let record defense split task flagged : Record =
+                { Defense = defense; Split = split; Id = $"{split}-{task}"; Task = task; Answers = [| "yes" |]; Output = "yes"
+                  AsrHit = false; Distance = (if defense = "none" then None else Some 1.0); Flagged = flagged
+                  Pruned = [||]; VisualTokens = 4; Ms = 1.0 }
+            // cleansight: 1 of 4 clean questions and 2 of 2 clean caption requests flagged; 3 of 4 and 1 of 2 triggered
+            let cs =
+                [| for f in [ true; false; false; false ] -> record "cleansight" "clean" "vqa" f
+                   for f in [ true; true ] -> record "cleansight" "clean" "caption" f
+                   for f in [ true; true; true; false ] -> record "cleansight" "poisoned" "vqa" f
+                   for f in [ true; false ] -> record "cleansight" "poisoned" "caption" f |]
+            let none = cs |> Array.map (fun r -> { r with Defense = "none"; Distance = None; Flagged = false })
+            let metrics = Summary.ofRecords (Array.append none cs)
+            let m = metrics |> Array.find (fst >> (=) "cleansight") |> snd
+            Expect.equal m.Fpr (Some 0.5) "pooled FPR: 3 of 6"
+            Expect.equal [ for t, d in m.ByTask -> t, d.Fpr, d.Tpr, d.CleanSamples, d.PoisonedSamples ]
+                [ "vqa", Some 0.25, Some 0.75, 4, 4; "caption", Some 1.0, Some 0.5, 2, 2 ] "per task"
+            Expect.isEmpty (metrics |> Array.find (fst >> (=) "none") |> snd).ByTask "no detection, no per-task rates"
+            let json = Summary.toJson metrics
+            Expect.equal (json.["defenses"].["cleansight"].["by_task"].["caption"].["fpr"].GetValue<float>()) 1.0 "caption FPR in metrics.json"
+            Expect.equal (json.["defenses"].["cleansight"].["by_task"].["vqa"].["clean_samples"].GetValue<int>()) 4 "vqa clean samples"
+            Expect.isNull json.["defenses"].["none"].["by_task"] "none has no by_task"
+        }
         testList "evaluate end to end (fixture model, 3 clean + 3 triggered)" [
             test "exit 0, metrics per defense with rates in [0, 1], one record per defense × split × sample" {
                 let out, code, err, _, _ = firstRun.Value
