@@ -112,6 +112,6 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         // detection per task: each task has its own clean reference, so its own FPR
         for name, m in metrics do
             if m.ByTask.Length > 0 then
-                let tasks = [ for task, t in m.ByTask -> $"{task}: TPR {(pct t.Tpr).Trim()} FPR {(pct t.Fpr).Trim()} ({t.CleanSamples} clean)" ]
+                let tasks = [ for task, t in m.ByTask -> $"{task}: TPR {(pct t.Tpr).Trim()} %%, FPR {(pct t.Fpr).Trim()} %% ({t.CleanSamples} clean)" ]
                 printfn "%s detection: TPR %s %%, FPR %s %%; %s" name ((pct m.Tpr).Trim()) ((pct m.Fpr).Trim()) (String.concat "; " tasks)
         0)
