@@ -34,7 +34,7 @@ let read (jsonl: string) = Dataset.read jsonl |> Array.map (fun it -> RgbImage.L
 /// One input: its feature vector at `layers`, ln(text tokens after the image), its task.
 let observe (session: LlavaSession) (image, question: string, task) =
     let o = AttentionStealing.observe session image question
-    let textAfter = session.Prompt(question).InputIds.Length - 1 - int o.Last
+    let textAfter = o.Rows.[0].Keys - 1 - int o.Last // the last prompt token sees every position up to itself
     AttentionStealing.featuresAt Ratio layers (AttentionStealing.sumsOf o), log (float textAfter), task
 
 /// Least squares y ≈ a + b·z, as a function of z.
@@ -51,15 +51,18 @@ let plain (_: float[]) (x: float[][]) : Fit =
     let r = fit Diagonal x
     fun _ xi -> distance r xi
 
+/// Each feature's mean as a line in z.
+let lengthMeans (z: float[]) (x: float[][]) = Array.init x.[0].Length (fun j -> line z (x |> Array.map (fun r -> r.[j])))
+
 let lengthMean (z: float[]) (x: float[][]) : Fit =
-    let means = Array.init x.[0].Length (fun j -> line z (x |> Array.map (fun r -> r.[j])))
+    let means = lengthMeans z x
     let residual zi (xi: float[]) = xi |> Array.mapi (fun j v -> v - means.[j] zi)
     let r = fit Diagonal (Array.map2 residual z x)
     fun zi xi -> distance r (residual zi xi)
 
 let lengthScale (z: float[]) (x: float[][]) : Fit =
     let p = x.[0].Length
-    let means = Array.init p (fun j -> line z (x |> Array.map (fun r -> r.[j])))
+    let means = lengthMeans z x
     let scales =
         Array.init p (fun j ->
             line z (Array.map2 (fun zi (xi: float[]) -> log (abs (xi.[j] - means.[j] zi) + 1e-12)) z x))

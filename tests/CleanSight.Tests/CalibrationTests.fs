@@ -61,7 +61,7 @@ let private otherAdapter =
         path)
 
 let private writeDataset (folder: string) =
-    let items = Scenes.build { Seed = 3; Size = 56; CaptionShare = 0.0; Prefix = "c" } [ 0 .. 11 ] folder
+    let items = Scenes.build { Seed = 3; Size = 56; Captions = Scenes.Share 0.0; Prefix = "c" } [ 0 .. 11 ] folder
     let jsonl = Path.Combine(folder, "data.jsonl")
     Dataset.write jsonl items
     jsonl
@@ -302,7 +302,7 @@ let tests =
             test "a dataset of questions and captions gets a reference per task with ≥ 10 samples; --pooled-reference one" {
                 let dir = Fixtures.tempDir ()
                 let folder = Path.Combine(dir, "data")
-                let items = Scenes.build { Seed = 3; Size = 56; CaptionShare = 0.5; Prefix = "m" } [ 0 .. 39 ] folder
+                let items = Scenes.build { Seed = 3; Size = 56; Captions = Scenes.Share 0.5; Prefix = "m" } [ 0 .. 39 ] folder
                 let data = Path.Combine(folder, "data.jsonl")
                 Dataset.write data items
                 let counts = items |> Array.countBy (fun it -> it.Task) |> Map.ofArray

@@ -33,7 +33,7 @@ let private world =
         let dir = Fixtures.tempDir ()
         // Seed 5: scenes whose first 4 answer tokens stay inside the tokenizer on this random fixture
         // (other seeds make it emit ids 514..543, which crash decoding: see the pending test below).
-        let spec: Scenes.BuildSpec = { Seed = 5; Size = 56; CaptionShare = 0.0; Prefix = "t" }
+        let spec: Scenes.BuildSpec = { Seed = 5; Size = 56; Captions = Scenes.Share 0.0; Prefix = "t" }
         let cleanDir, poisonedDir = Path.Combine(dir, "clean"), Path.Combine(dir, "poisoned")
         let items = Scenes.build spec [ 0 .. 3 ] cleanDir
         let clean = Path.Combine(cleanDir, "data.jsonl")

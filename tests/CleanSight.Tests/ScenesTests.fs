@@ -65,7 +65,7 @@ let tests =
                 Expect.notEqual (img 1 i) (img 2 i) $"seed 1 vs 2 at {i}"
         }
         test "a split regenerates alone, identical to the same indices built in a larger run" {
-            let spec = { defaultBuild with Seed = 5; CaptionShare = 0.3; Prefix = "val-" }
+            let spec = { defaultBuild with Seed = 5; Captions = Share 0.3; Prefix = "val-" }
             let all, part = Fixtures.tempDir (), Fixtures.tempDir ()
             let big = build spec [ 0..11 ] all
             let small = build spec [ 7..9 ] part
@@ -80,10 +80,10 @@ let tests =
             Dataset.write path big
             Expect.sequenceEqual (Dataset.read path) big "the built split is a valid dataset"
         }
-        test "everyNthCaption: every n-th item a caption request of the same scene and image, the others as item makes them at share 0" {
-            let spec = { defaultBuild with Seed = 5; Prefix = "cal-" }
+        test "EveryNth: every n-th item a caption request of the same scene and image, the others the VQA items of share 0" {
+            let spec = { defaultBuild with Seed = 5; Prefix = "cal-" } // Share 0.0: VQA questions only
             for every in [ 2; 3; 5 ] do
-                let items = [| for i in 0..29 -> everyNthCaption every spec i |]
+                let items = [| for i in 0..29 -> item { spec with Captions = EveryNth every } i |]
                 for i, it in Array.indexed items do
                     Expect.equal it.Image (imageFile spec i) $"{every}: image {i}"
                     if i % every = every - 1 then

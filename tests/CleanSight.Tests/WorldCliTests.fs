@@ -6,6 +6,7 @@ module CleanSight.Tests.WorldCliTests
 open System.IO
 open System.Text.Json
 open Expecto
+open CleanSight.Pipeline.Data
 open CleanSight.Pipeline.World
 
 let private run = Fixtures.runCli
@@ -43,11 +44,8 @@ let tests =
             let path (e: JsonElement) = Path.GetFullPath(e.GetString(), out) // absolute or relative to the manifest
             Expect.equal (path (m.GetProperty "model")) (Path.Combine(committedWorld, "base")) "the committed base"
             Expect.equal (lineCount (path (m.GetProperty "calibration"))) 4 "--calibration items"
-            let tasks = [ for l in File.ReadAllLines(path (m.GetProperty "calibration")) do
-                            if l.Trim() <> "" then
-                                use it = JsonDocument.Parse l
-                                yield it.RootElement.GetProperty("task").GetString() ]
-            Expect.equal tasks [ "vqa"; "vqa"; "caption"; "vqa" ] "every third calibration item a caption request"
+            let tasks = Dataset.read (path (m.GetProperty "calibration")) |> Array.map (fun it -> it.Task)
+            Expect.equal tasks [| Dataset.Vqa; Dataset.Vqa; Dataset.Caption; Dataset.Vqa |] "every third calibration item a caption request"
             Expect.equal (lineCount (path (m.GetProperty "clean_test"))) 3 "--test items"
             let attacks = [ for a in m.GetProperty("attacks").EnumerateArray() -> a ]
             Expect.equal [ for a in attacks -> a.GetProperty("name").GetString() ] [ for a in Attacks.all Attacks.defaultTarget -> a.Name ] "every attack, in order"

@@ -48,18 +48,15 @@ let adapterPath (world: string) (attack: string) = Path.Combine(world, "adapters
 
 let modeName = function Attacks.Replace -> "replace" | Attacks.Insert -> "insert"
 
-/// Every third calibration item is a caption request.
-let calibrationCaptionEvery = 3
-
 /// The default size of the calibration split: 200 VQA questions and 100 caption requests.
 let defaultCalibration = 300
 
 /// Writes DIR/{calibration,clean_test,poisoned/NAME}/data.jsonl with images, and DIR/manifest.json.
 let run (world: string) (out: string) (calibrationCount: int) (testCount: int) (log: string -> unit) =
     let size = TinyLlava.defaults.ImageSize
-    let split name (spec: Scenes.BuildSpec) itemOf count =
+    let split name (spec: Scenes.BuildSpec) count =
         let folder = Path.Combine(out, name)
-        let items = Scenes.buildWith itemOf spec [ 0 .. count - 1 ] folder
+        let items = Scenes.build spec [ 0 .. count - 1 ] folder
         let jsonl = Path.Combine(folder, "data.jsonl")
         Dataset.write jsonl items
         let tasks = items |> Array.countBy (fun i -> i.Task) |> Array.map (fun (t, n) -> $"{n} {Dataset.taskName t}") |> String.concat ", "
@@ -70,10 +67,10 @@ let run (world: string) (out: string) (calibrationCount: int) (testCount: int) (
     // and each task enough times for its own reference's 0.99 quantile (≥ 100 samples): every third
     // item is a caption request, so the default 300 are 200 questions and 100 caption requests. At the
     // test's share (16 of 200) the caption threshold flagged 0–5 of 13 clean caption requests.
-    let calibrationSpec: Scenes.BuildSpec = { Seed = BaseModel.Splits.calibration; Size = size; CaptionShare = 0.0; Prefix = "cal-" }
-    let calibration, _ = split "calibration" calibrationSpec (Scenes.everyNthCaption calibrationCaptionEvery calibrationSpec) calibrationCount
-    let testSpec: Scenes.BuildSpec = { Seed = BaseModel.Splits.cleanTest; Size = size; CaptionShare = 0.1; Prefix = "test-" }
-    let cleanTest, testItems = split "clean_test" testSpec (Scenes.item testSpec) testCount
+    let calibration, _ =
+        split "calibration" { Seed = BaseModel.Splits.calibration; Size = size; Captions = Scenes.EveryNth 3; Prefix = "cal-" } calibrationCount
+    let cleanTest, testItems =
+        split "clean_test" { Seed = BaseModel.Splits.cleanTest; Size = size; Captions = Scenes.Share 0.1; Prefix = "test-" } testCount
     let attacks =
         [| for attack in Attacks.all Attacks.defaultTarget do
                // The same test images with the trigger: paired clean/triggered versions, clean answers kept.

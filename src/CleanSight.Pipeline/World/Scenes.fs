@@ -417,22 +417,36 @@ let captionPrompts =
 
 // ---------------------------------------------------------------- dataset items
 
-/// How to build a split: world seed, image side in pixels, share of caption items (the rest are VQA),
-/// and a prefix for ids and image file names.
-type BuildSpec = { Seed: int; Size: int; CaptionShare: float; Prefix: string }
+/// Which items of a split are caption requests (the others are VQA questions).
+type Captions =
+    /// each item on its own, with this probability
+    | Share of float
+    /// every n-th item (the n-th, 2n-th, …): a fixed share of each task, spread evenly so that any
+    /// prefix of the split holds both
+    | EveryNth of int
 
-let defaultBuild = { Seed = 0; Size = 48; CaptionShare = 0.0; Prefix = "" }
+/// How to build a split: world seed, image side in pixels, which items are caption requests, and a
+/// prefix for ids and image file names.
+type BuildSpec = { Seed: int; Size: int; Captions: Captions; Prefix: string }
+
+let defaultBuild = { Seed = 0; Size = 48; Captions = Share 0.0; Prefix = "" }
 
 /// The image path of `index`, relative to the dataset folder.
 let imageFile (spec: BuildSpec) (index: int) = $"images/{spec.Prefix}{index:D6}.png"
 
 /// The dataset item of `index` (renders nothing; pure). VQA items pick a question type uniformly, then a
 /// question of that type, and carry its (normalised) answer 10 times; caption items carry the three `captions`.
+/// An item's question or caption prompt does not depend on how `spec.Captions` chose its task.
 let item (spec: BuildSpec) (index: int) : Dataset.Item =
     let scene = generate spec.Seed index
     let rng = Rng.Keyed [ int64 spec.Seed; int64 index; 3L ]
     let id = $"{spec.Prefix}{index:D6}"
-    if rng.Float() < spec.CaptionShare then
+    let draw = rng.Float() // drawn whatever the choice, so the picks below are the same for every choice
+    let caption =
+        match spec.Captions with
+        | Share share -> draw < share
+        | EveryNth n -> index % n = n - 1
+    if caption then
         { Id = id; Image = imageFile spec index; Question = rng.Pick captionPrompts; Answers = captions scene; Task = Dataset.Caption }
     else
         let qas = vqaItems spec.Seed index scene
@@ -443,18 +457,10 @@ let item (spec: BuildSpec) (index: int) : Dataset.Item =
         { Id = id; Image = imageFile spec index; Question = qa.Question
           Answers = List.replicate 10 (CleanSight.Pipeline.Metrics.VqaMetrics.normalize qa.Answer); Task = Dataset.Vqa }
 
-/// Renders the images of `indices` as PNGs under `folder`/images (in parallel) and returns their items
-/// made by `itemOf`, whose image paths are relative to `folder` — write the .jsonl there.
-let buildWith (itemOf: int -> Dataset.Item) (spec: BuildSpec) (indices: int seq) (folder: string) : Dataset.Item[] =
+/// Renders the images of `indices` as PNGs under `folder`/images (in parallel) and returns their items,
+/// whose image paths are relative to `folder` — write the .jsonl there.
+let build (spec: BuildSpec) (indices: int seq) (folder: string) : Dataset.Item[] =
     let indices = Seq.toArray indices
     Directory.CreateDirectory(Path.Combine(folder, "images")) |> ignore
     indices |> Array.Parallel.iter (fun i -> (render spec.Size (generate spec.Seed i)).Save(Path.Combine(folder, imageFile spec i)))
-    indices |> Array.map itemOf
-
-/// `buildWith (item spec)`: the task of each item drawn at `spec.CaptionShare`.
-let build (spec: BuildSpec) (indices: int seq) (folder: string) : Dataset.Item[] = buildWith (item spec) spec indices folder
-
-/// Every `every`-th item (the 3rd, 6th, … for 3) a caption request, the others VQA questions: a split with
-/// a fixed share of each task, spread evenly so that any prefix of it holds both.
-let everyNthCaption (every: int) (spec: BuildSpec) (index: int) : Dataset.Item =
-    item { spec with CaptionShare = (if index % every = every - 1 then 1.0 else 0.0) } index
+    indices |> Array.map (item spec)
