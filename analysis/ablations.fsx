@@ -58,7 +58,9 @@ for attack in Attacks.all Attacks.defaultTarget do
         let calFeatures, cleanFeatures = cal |> Array.map (AttentionStealing.featuresAt settings.Feature det), clean |> Array.map (AttentionStealing.featuresAt settings.Feature det)
         for from in [ Calibration.InSample; Calibration.LeaveOneOut ] do
             for n in [ 10; 25; 50; 100; 200 ] do
-                let t = Calibration.fitReference { settings with ThresholdFrom = from } (Array.truncate n calFeatures)
+                // unconditioned settings (the default) never read the prompt length: 1 stands in for it
+                let measured = calFeatures |> Array.truncate n |> Array.map (fun f -> ({ Features = f; TextTokens = 1 }: Calibration.Measured))
+                let t = Calibration.fitReference { settings with ThresholdFrom = from } measured
                 let fpr = cleanFeatures |> Array.averageBy (fun f -> if Whitening.distance t.Reference f > t.Threshold then 1.0 else 0.0)
                 rows.Add(attack.Name, $"clean samples → FPR ({Calibration.thresholdFromName from} γ)", string n, fpr)
         printfn "%s: done" attack.Name

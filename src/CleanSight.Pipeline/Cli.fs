@@ -121,6 +121,7 @@ type CalibrateArgs =
     | Samples of n: int
     | Pooled_Reference
     | In_Sample_Threshold
+    | Conditioning of kind: string
     | Template of text: string
     | Seed of n: int
     | No_Progress
@@ -134,6 +135,7 @@ type CalibrateArgs =
             | Template _ -> "prompt template with one <image> and one {question} (default: llava-1.5's); recorded in the file, and evaluate prompts with it"
             | Pooled_Reference -> "one clean reference for every task (default: one per task with ≥ 10 samples, e.g. VQA and captions)"
             | In_Sample_Threshold -> "γ from the in-sample clean distances, as the paper's code (default: leave-one-out distances)"
+            | Conditioning _ -> "what each clean reference is conditioned on: none (default, the paper) or prompt-length: each feature's mean and spread as log-linear functions of the prompt text after the image"
             | Layers _ -> $"detection layers, 0-indexed, e.g. 2,3,4; or fusion: from where clean inputs begin to read the image, measured on {Defense.Fusion.defaultSamples} of the clean samples (default: 3 layers at the paper's relative depth)"
             | Whitening _ -> "diagonal (default, the paper's code) or full (Ledoit-Wolf shrinkage)"
             | Fpr _ -> "target clean false-positive rate (default 0.01 = the 0.99 quantile)"
@@ -181,6 +183,7 @@ type DemoArgs =
     | Calibration of n: int
     | Layers of csv: string
     | Pooled_Reference
+    | Conditioning of kind: string
     | World of dir: string
     | No_Progress
     interface IArgParserTemplate with
@@ -192,6 +195,7 @@ type DemoArgs =
             | Calibration _ -> "clean calibration samples per attack, every third a caption request (default 300: 200 VQA questions, 100 caption requests)"
             | Layers _ -> "CleanSight's detection layers, 0-indexed, e.g. 0; or fusion: from where each model's clean inputs begin to read the image (default: 3 layers at the paper's relative depth)"
             | Pooled_Reference -> "calibrate one clean reference for every task (default: one per task)"
+            | Conditioning _ -> "what each clean reference is conditioned on: none (default, the paper) or prompt-length: each feature's mean and spread as log-linear functions of the prompt text after the image"
             | No_Progress -> "no progress output"
 
 type BenchArgs =

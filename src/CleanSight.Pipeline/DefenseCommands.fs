@@ -37,6 +37,8 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let request = layerRequest session.Config.Text.NumHiddenLayers (args.TryGetResult CalibrateArgs.Layers)
         let layers, layerRule =
             checkOption "--layers" (fun () -> Calibration.resolveLayers session samples (Progress.counter progress "fusion") request)
+        let conditioning =
+            checkOption "--conditioning" (fun () -> Calibration.parseConditioning (args.GetResult(CalibrateArgs.Conditioning, "none")))
         let whitening =
             match args.GetResult(CalibrateArgs.Whitening, "diagonal") with
             | "diagonal" -> Whitening.Diagonal
@@ -51,7 +53,8 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
             { d with Layers = layers; LayerRule = layerRule; Whitening = whitening; Quantile = 1.0 - args.GetResult(CalibrateArgs.Fpr, 0.01)
                      Feature = Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")); Tau = tau; Seed = seed
                      References = if args.Contains CalibrateArgs.Pooled_Reference then Calibration.Pooled else Calibration.PerTask
-                     ThresholdFrom = if args.Contains CalibrateArgs.In_Sample_Threshold then Calibration.InSample else Calibration.LeaveOneOut }
+                     ThresholdFrom = if args.Contains CalibrateArgs.In_Sample_Threshold then Calibration.InSample else Calibration.LeaveOneOut
+                     Conditioning = conditioning }
         let calibration = Calibration.calibrate session settings samples (Progress.counter progress "calibrate")
         let p = calibration.Reference.Dimension
         if chosen.Length <= p then
@@ -66,7 +69,8 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let out = args.GetResult CalibrateArgs.Out
         Calibration.save out calibration
         printfn "%s: %d samples, layers %s, %s whitening, threshold %.4g (clean quantile %.3g)"
-            out calibration.Samples (Calibration.describeLayers settings) (Calibration.whiteningName whitening)
+            out calibration.Samples (Calibration.describeLayers settings)
+            (Calibration.whiteningName whitening + (if conditioning = Calibration.OnPromptLength then " prompt-length-conditioned" else ""))
             calibration.Threshold settings.Quantile
         for KeyValue(task, t) in calibration.Tasks do
             printfn "  %s: own reference on %d samples, threshold %.4g" (Dataset.taskName task) t.Samples t.Threshold

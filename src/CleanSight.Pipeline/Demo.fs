@@ -44,13 +44,17 @@ type Settings =
       LayersByFusion: bool
       /// one clean reference for every task (`Calibration.Pooled`); false: one per task
       PooledReference: bool
+      /// each clean reference conditioned on the prompt's length (`Calibration.OnPromptLength`,
+      /// `--conditioning prompt-length`); false: unconditioned, as the paper
+      PromptLengthReference: bool
       /// the world's folder (base/ and adapters/), a full path; None: the committed world
       World: string option
       Seed: int }
 
 let defaults out =
     { Out = out; Calibration = Materialize.defaultCalibration; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
-      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; LayersByFusion = false; PooledReference = false; World = None; Seed = 0 }
+      SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; LayersByFusion = false; PooledReference = false; PromptLengthReference = false
+      World = None; Seed = 0 }
 
 /// The `--layers` request the settings hold (as two plain fields: settings.json and the config hash
 /// are written by System.Text.Json, which does not serialise F# unions).
@@ -166,7 +170,8 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let detectionLayers, layerRule = Calibration.resolveLayers session samples (Progress.counter p $"{attack.name}: fusion") (layerRequest s)
     let settings =
         { d with Layers = detectionLayers; LayerRule = layerRule; Seed = s.Seed
-                 References = if s.PooledReference then Calibration.Pooled else Calibration.PerTask }
+                 References = if s.PooledReference then Calibration.Pooled else Calibration.PerTask
+                 Conditioning = if s.PromptLengthReference then Calibration.OnPromptLength else Calibration.Unconditioned }
     // calibration, recording every layer in the same prefills (the clean reference of chart 2)
     let calibration, measured =
         Calibration.calibrateRecording session settings layers samples (Progress.counter p $"{attack.name}: calibrate")

@@ -166,6 +166,7 @@ let tests =
             test "sample count: sizes below the sample count only, held-out = rest, FPR in [0, 1], seeded" {
                 let clean = gaussian 3 120 (fun _ -> 1.0) (fun _ -> 0.2) 6
                 let settings = { Calibration.defaultSettings 3 with Quantile = 0.9; ThresholdFrom = Calibration.InSample }
+                let clean = clean |> Array.map (fun f -> ({ Features = f; TextTokens = 5 }: Calibration.Measured))
                 let rows = Ablations.sampleCount "badnet" settings clean [ 1; 10; 40; 120; 200 ] 8 0
                 Expect.equal (rows |> List.map (fun r -> r.Samples)) [ 10; 40 ] "n < 2 and n ≥ 120 skipped"
                 for r in rows do
@@ -244,8 +245,12 @@ let tests =
             let settings = { Calibration.defaultSettings n with Layers = [| 1; 2 |] }
             let image = World.Scenes.render 56 (World.Scenes.generate 1 0)
             let question = "What colour is the circle?"
-            let features, sums = Calibration.featuresAndSums session settings [| 0 .. n - 1 |] image question
+            let measured, sums = Calibration.featuresAndSums session settings [| 0 .. n - 1 |] image question
+            let features = measured.Features
             Expect.equal features (Calibration.features session settings image question) "recording changes no feature"
+            let ids = session.Prompt(question).InputIds
+            let _, last = Calibration.imageSpan session (ids |> Array.map int64)
+            Expect.equal measured.TextTokens (ids.Length - 1 - int last) "the text after the image, the last prompt token included"
             Expect.equal sums.Length n "one entry per layer"
             let atDetection = HeadDeviation.featuresOf Ratio [| sums.[1..2] |]
             Expect.equal atDetection.[0] features "the detector's coordinates"

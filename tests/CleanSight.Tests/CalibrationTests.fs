@@ -30,6 +30,10 @@ let private rows (seed: int) (task: Dataset.Task) (centre: float) (n: int) =
     let rng = Random(seed)
     [| for _ in 1 .. n -> Array.init 12 (fun _ -> centre + rng.NextDouble()), task |]
 
+/// The rows as calibration measures them, every prompt with 5 text tokens after the image.
+let private measured (rows: (float[] * Dataset.Task)[]) =
+    rows |> Array.map (fun (f, task) -> ({ Features = f; TextTokens = 5 }: Calibration.Measured), task)
+
 let private noFingerprint: Calibration.Fingerprint = { Config = ""; Tensors = ""; Projector = ""; Base = "" }
 
 let private settings = { Calibration.defaultSettings 3 with Layers = [| 0; 1; 2 |] }
@@ -195,7 +199,7 @@ let tests =
             let perTask = Calibration.defaultSettings 3
             test "per task (the default): each task's reference is fitted on its own rows only" {
                 Expect.equal perTask.References Calibration.PerTask "the default"
-                let c = Calibration.fromFeatures noFingerprint "t" perTask mixed
+                let c = Calibration.fromFeatures noFingerprint "t" perTask (measured mixed)
                 Expect.equal (c.Tasks |> Map.keys |> List.ofSeq) [ Dataset.Vqa; Dataset.Caption ] "both tasks"
                 for task, centre, n in [ Dataset.Vqa, 0.0, 30; Dataset.Caption, 5.0, 12 ] do
                     let own = mixed |> Array.filter (fun (_, t) -> t = task) |> Array.map fst
@@ -209,7 +213,7 @@ let tests =
                 Expect.equal c.Reference.Mean (fit Diagonal (Array.map fst mixed)).Mean "pooled μ"
             }
             test "an input is compared with its task's reference; a caption far from every question but typical of captions is not flagged" {
-                let c = Calibration.fromFeatures noFingerprint "t" perTask mixed
+                let c = Calibration.fromFeatures noFingerprint "t" perTask (measured mixed)
                 let caption = Array.create 12 5.5
                 let d (det: CleanSightPolicy.Detection) = distance det.Reference caption
                 let ofCaptions, ofQuestions = Calibration.detection c Dataset.Caption, Calibration.detection c Dataset.Vqa
@@ -220,12 +224,13 @@ let tests =
             test "γ from in-sample distances (the paper's) or leave-one-out ones (the default)" {
                 Expect.equal perTask.ThresholdFrom Calibration.LeaveOneOut "the default"
                 let vqa = mixed |> Array.filter (fun (_, t) -> t = Dataset.Vqa) |> Array.map fst
-                let inSample = Calibration.fitReference { perTask with ThresholdFrom = Calibration.InSample } vqa
-                let loo = Calibration.fitReference perTask vqa
+                let m = measured (vqa |> Array.map (fun f -> f, Dataset.Vqa)) |> Array.map fst
+                let inSample = Calibration.fitReference { perTask with ThresholdFrom = Calibration.InSample } m
+                let loo = Calibration.fitReference perTask m
                 Expect.equal inSample.CleanDistances (distances inSample.Reference vqa) "in-sample distances"
                 Expect.equal loo.Reference.Mean inSample.Reference.Mean "the same reference"
                 Expect.isGreaterThan loo.Threshold inSample.Threshold "a held-out clean distance is larger: γ too"
-                let two = Calibration.fitReference perTask vqa.[.. 1]
+                let two = Calibration.fitReference perTask m.[.. 1]
                 Expect.equal two.CleanDistances (distances two.Reference vqa.[.. 1]) "2 samples: in-sample"
             }
             test "samples a quantile needs: ⌈1 / (1 − q)⌉" {
@@ -235,27 +240,27 @@ let tests =
                 Expect.equal (Calibration.samplesForQuantile 0.975) 40 "q = 0.975"
             }
             test "pooled, a single task, or a task under 10 samples: the pooled reference" {
-                let pooled = Calibration.fromFeatures noFingerprint "t" { perTask with References = Calibration.Pooled } mixed
+                let pooled = Calibration.fromFeatures noFingerprint "t" { perTask with References = Calibration.Pooled } (measured mixed)
                 Expect.isEmpty pooled.Tasks "pooled: no per-task reference"
                 let det = Calibration.detection pooled Dataset.Caption
                 Expect.equal (det.Reference, det.Threshold) (pooled.Reference, pooled.Threshold) "captions use the pooled one"
-                let single = Calibration.fromFeatures noFingerprint "t" perTask (rows 1 Dataset.Vqa 0.0 30)
+                let single = Calibration.fromFeatures noFingerprint "t" perTask (measured (rows 1 Dataset.Vqa 0.0 30))
                 Expect.isEmpty single.Tasks "one task: the pooled reference is its reference"
-                let few = Calibration.fromFeatures noFingerprint "t" perTask (Array.append (rows 1 Dataset.Vqa 0.0 30) (rows 2 Dataset.Caption 5.0 9))
+                let few = Calibration.fromFeatures noFingerprint "t" perTask (measured (Array.append (rows 1 Dataset.Vqa 0.0 30) (rows 2 Dataset.Caption 5.0 9)))
                 Expect.equal (few.Tasks |> Map.keys |> List.ofSeq) [ Dataset.Vqa ] "9 captions < 10: no caption reference"
                 Expect.equal (Calibration.detection few Dataset.Caption).Threshold few.Threshold "captions use the pooled γ"
             }
             test "which evaluated tasks meet clean inputs of another kind (evaluate's note)" {
-                let both = Calibration.fromFeatures noFingerprint "t" perTask mixed
+                let both = Calibration.fromFeatures noFingerprint "t" perTask (measured mixed)
                 Expect.equal both.TaskSamples (Map [ Dataset.Vqa, 30; Dataset.Caption, 12 ]) "samples per task"
                 Expect.isEmpty (Calibration.foreignTasks both [ Dataset.Vqa; Dataset.Caption ]) "each has its own reference"
-                let few = Calibration.fromFeatures noFingerprint "t" perTask (Array.append (rows 1 Dataset.Vqa 0.0 30) (rows 2 Dataset.Caption 5.0 9))
+                let few = Calibration.fromFeatures noFingerprint "t" perTask (measured (Array.append (rows 1 Dataset.Vqa 0.0 30) (rows 2 Dataset.Caption 5.0 9)))
                 Expect.equal (Calibration.foreignTasks few [ Dataset.Vqa; Dataset.Caption; Dataset.Caption ]) [ Dataset.Caption, 9 ]
                     "9 captions: compared with a reference dominated by questions"
-                let questionsOnly = Calibration.fromFeatures noFingerprint "t" perTask (rows 1 Dataset.Vqa 0.0 30)
+                let questionsOnly = Calibration.fromFeatures noFingerprint "t" perTask (measured (rows 1 Dataset.Vqa 0.0 30))
                 Expect.isEmpty (Calibration.foreignTasks questionsOnly [ Dataset.Vqa ]) "questions against questions"
                 Expect.equal (Calibration.foreignTasks questionsOnly [ Dataset.Caption ]) [ Dataset.Caption, 0 ] "captions against questions"
-                let pooled = Calibration.fromFeatures noFingerprint "t" { perTask with References = Calibration.Pooled } mixed
+                let pooled = Calibration.fromFeatures noFingerprint "t" { perTask with References = Calibration.Pooled } (measured mixed)
                 Expect.isEmpty (Calibration.foreignTasks pooled [ Dataset.Vqa; Dataset.Caption ]) "pooled on purpose: both kinds are in it"
             }
             test "through the model: per-task references round-trip through the file" {
@@ -271,6 +276,30 @@ let tests =
                     Expect.equal (b.Reference.Mean, b.Reference.Std) (t.Reference.Mean, t.Reference.Std) $"{task} μ, σ"
                 Expect.equal back.Threshold c.Threshold "pooled γ"
                 Expect.equal back.TaskSamples (Map [ Dataset.Vqa, 12; Dataset.Caption, 10 ]) "samples per task"
+            }
+            test "through the model: prompt-length conditioned references round-trip through the file" {
+                let s = { settings with Conditioning = Calibration.OnPromptLength }
+                let c = Calibration.calibrate session.Value s (Array.append (samples 12) (captionSamples 10)) (fun _ _ -> ())
+                for t in c.Pooled :: (c.Tasks |> Map.toList |> List.map snd) do
+                    Expect.isSome t.Length "every reference is conditioned"
+                // four questions of different lengths: the VQA lines have a range of ln L to span
+                let vqa = c.Tasks.[Dataset.Vqa].Length.Value
+                Expect.isLessThan vqa.MinLog vqa.MaxLog "several prompt lengths"
+                let path = Path.Combine(Fixtures.tempDir (), "prompt-length.json")
+                Calibration.save path c
+                let back = Calibration.load path session.Value
+                Expect.equal back.Settings.Conditioning Calibration.OnPromptLength "conditioning"
+                Expect.equal back.Pooled.Length c.Pooled.Length "pooled lines"
+                for KeyValue(task, t) in c.Tasks do
+                    Expect.equal back.Tasks.[task].Length t.Length $"{task} lines"
+                for image, question, task in samples 14 |> Array.skip 12 do
+                    let m, _ = Calibration.featuresAndSums session.Value s [||] image question
+                    let d (cal: Calibration.Calibration) = CleanSightPolicy.distanceOf (Calibration.detection cal task) m.TextTokens m.Features
+                    Expect.equal (d back) (d c) "same distance on a new sample"
+                    Expect.equal (d c) (Calibration.distanceTo c.Tasks.[task] m) "the policy's distance is the reference's"
+                let plain = Calibration.load (saved ()) session.Value
+                Expect.equal plain.Settings.Conditioning Calibration.Unconditioned "the default: unconditioned"
+                Expect.isNone plain.Pooled.Length "no lines"
             }
         ]
         test "progress is reported once per sample" {

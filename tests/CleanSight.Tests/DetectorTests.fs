@@ -162,7 +162,7 @@ let tests =
                       "(sanity: head order matters, so the concatenation order is observable)" }
               test "distance below the threshold → not flagged, nothing excluded" {
                   let r, d = reference expectedFeatures
-                  let verdict, excluded = runPolicy (Some { Reference = r; Threshold = d + 1.0 }) false
+                  let verdict, excluded = runPolicy (Some { Reference = r; Threshold = d + 1.0; Length = None }) false
                   Expect.equal verdict.Distance (Some d) "the distance to the reference"
                   Expect.isFalse verdict.Flagged "not flagged"
                   Expect.isEmpty excluded "nothing excluded"
@@ -170,7 +170,7 @@ let tests =
               test "distance above the threshold → flagged, excludes exactly Ω of the last detection layer" {
                   let r, d = reference (expectedFeatures |> Array.map (fun x -> x * 3.0 + 1.0))
                   Expect.isGreaterThan d 1.0 "(the rows are far from this reference)"
-                  let verdict, excluded = runPolicy (Some { Reference = r; Threshold = d * 0.5 }) false
+                  let verdict, excluded = runPolicy (Some { Reference = r; Threshold = d * 0.5; Length = None }) false
                   Expect.isTrue verdict.Flagged "flagged"
                   let omega = Detector.pruned tau first last (twoHeads 2)
                   Expect.equal omega [| 2L; 3L |] "(Ω at τ = 0.1)"
@@ -178,7 +178,7 @@ let tests =
                   Expect.equal verdict.Pruned omega "recorded in the verdict" }
               test "distance equal to the threshold is not flagged (flag when d > γ)" {
                   let r, d = reference expectedFeatures
-                  let verdict, excluded = runPolicy (Some { Reference = r; Threshold = d }) false
+                  let verdict, excluded = runPolicy (Some { Reference = r; Threshold = d; Length = None }) false
                   Expect.isFalse verdict.Flagged "d = γ"
                   Expect.isEmpty excluded "nothing excluded" }
               test "observe-only (no detection) never excludes, however strong the attention" {
@@ -194,7 +194,7 @@ let tests =
                   Expect.equal (Array.sort excluded) [| 2L; 3L |] "Ω excluded" }
               test "force with a detection that would not flag still purifies" {
                   let r, d = reference expectedFeatures
-                  let verdict, excluded = runPolicy (Some { Reference = r; Threshold = d + 1.0 }) true
+                  let verdict, excluded = runPolicy (Some { Reference = r; Threshold = d + 1.0; Length = None }) true
                   Expect.equal verdict.Distance (Some d) "distance still reported"
                   Expect.isTrue verdict.Flagged "flagged"
                   Expect.equal (Array.sort excluded) [| 2L; 3L |] "Ω excluded" } ])

@@ -71,7 +71,7 @@ let private figures (rows: AttentionStealing.Row list) =
                   { Attack = attack; TauRelative = t; Asr = (match t with Some x -> x / 2.0 | None -> 0.9)
                     CleanUtility = (match t with Some x -> 0.3 + x / 4.0 | None -> 0.6); PrunedFraction = 0.2
                     CleanSamples = 20; TriggeredSamples = 20 } ]
-    let clean = Array.init 60 (fun i -> [| float (i % 7); float (i % 5) |])
+    let clean = Array.init 60 (fun i -> ({ Features = [| float (i % 7); float (i % 5) |]; TextTokens = 5 }: Calibration.Measured))
     let samples = Ablations.sampleCount "badnet" { Calibration.defaultSettings 2 with Quantile = 0.9 } clean [ 10; 25; 50 ] 4 0
     [ Chart.Line([ 1; 2; 3 ], [ 1.0; 4.0; 9.0 ])
       AttentionStealing.chart rows [| 1; 2 |]

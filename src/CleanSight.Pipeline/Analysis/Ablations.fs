@@ -45,11 +45,11 @@ type SampleCountRow =
       /// the FPR the threshold aims at: 1 − quantile
       TargetFpr: float }
 
-/// For each n in `sizes` (2 ≤ n < samples; others are skipped): `repeats` draws of n clean feature
-/// rows (seeded by `seed` and n); each fits a reference and γ as calibration does with `settings`
-/// (whitening, quantile, threshold from in-sample or leave-one-out distances), and counts the held-out
-/// rows with d > γ.
-let sampleCount (attack: string) (settings: Calibration.Settings) (clean: float[][])
+/// For each n in `sizes` (2 ≤ n < samples; others are skipped): `repeats` draws of n clean samples
+/// (seeded by `seed` and n); each fits a reference and γ as calibration does with `settings`
+/// (whitening, conditioning, quantile, threshold from in-sample or leave-one-out distances), and
+/// counts the held-out samples with d > γ.
+let sampleCount (attack: string) (settings: Calibration.Settings) (clean: Calibration.Measured[])
                 (sizes: int list) (repeats: int) (seed: int) =
     if repeats < 1 then invalidArg (nameof repeats) $"need at least one draw, got {repeats}"
     [ for n in sizes do
@@ -66,7 +66,7 @@ let sampleCount (attack: string) (settings: Calibration.Settings) (clean: float[
                       let fitted = order.[.. n - 1] |> Array.map (fun i -> clean.[i])
                       let heldOut = order.[n ..] |> Array.map (fun i -> clean.[i])
                       let t = Calibration.fitReference settings fitted
-                      let flagged = distances t.Reference heldOut |> Array.filter (fun d -> d > t.Threshold) |> Array.length
+                      let flagged = heldOut |> Array.filter (fun m -> Calibration.distanceTo t m > t.Threshold) |> Array.length
                       float flagged / float heldOut.Length)
               yield { Attack = attack; Samples = n; Repeats = repeats; HeldOut = clean.Length - n
                       FprMean = Array.average fprs; FprMin = Array.min fprs; FprMax = Array.max fprs

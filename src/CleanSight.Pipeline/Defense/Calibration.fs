@@ -49,6 +49,14 @@ type LayerRule =
     /// depth gives (`--layers fusion`): the mean knockout D(ℓ) per layer over `samples` clean inputs
     | CleanFusion of knockout: float[] * samples: int
 
+/// What a clean reference is conditioned on before its whitening.
+type Conditioning =
+    /// one mean and σ per feature over every clean sample (the paper)
+    | Unconditioned
+    /// mean and σ per feature as log-linear functions of the prompt text after the image
+    /// (`PromptLength`; `--conditioning prompt-length`)
+    | OnPromptLength
+
 type Settings =
     { Layers: int[]
       LayerRule: LayerRule
@@ -59,12 +67,13 @@ type Settings =
       Tau: Detector.Tau
       References: References
       ThresholdFrom: ThresholdFrom
+      Conditioning: Conditioning
       Seed: int }
 
 let defaultSettings (numLayers: int) =
     { Layers = Detector.defaultLayers numLayers; LayerRule = RelativeDepth; Feature = Ratio; Whitening = Diagonal
       Quantile = 0.99; Tau = Detector.defaultTau; References = PerTask
-      ThresholdFrom = LeaveOneOut; Seed = 0 }
+      ThresholdFrom = LeaveOneOut; Conditioning = Unconditioned; Seed = 0 }
 
 /// The fewest calibration samples a task needs for a reference of its own (the method notes: about 10
 /// clean samples already hold the FPR under 20 %).
@@ -81,9 +90,15 @@ let samplesForQuantile (quantile: float) = int (ceil (1.0 / (1.0 - quantile) - 1
 /// same adapter).
 type Fingerprint = { Config: string; Tensors: string; Projector: string; Base: string }
 
-/// A reference fitted on clean samples (all of them, or one task's), the clean distances its threshold
-/// is the quantile of (`Settings.ThresholdFrom`), and the threshold.
-type Fitted = { Samples: int; Reference: Reference; CleanDistances: float[]; Threshold: float }
+/// What calibration keeps of one clean input: its detection features, and the prompt text after the
+/// image (the last prompt token included) that a prompt-length reference is conditioned on.
+type Measured = { Features: float[]; TextTokens: int }
+
+/// A reference fitted on clean samples (all of them, or one task's), the prompt-length model its
+/// features are conditioned on first (`None`: unconditioned), the clean distances its threshold is the
+/// quantile of (`Settings.ThresholdFrom`), and the threshold.
+type Fitted =
+    { Samples: int; Length: PromptLength.Model option; Reference: Reference; CleanDistances: float[]; Threshold: float }
 
 /// `Pooled` is fitted on every calibration sample; `Tasks` holds the per-task references (empty when
 /// pooled, or when there is one task); `TaskSamples` counts the calibration samples of each task.
@@ -104,8 +119,8 @@ type Calibration =
 /// the pooled reference.
 let detection (c: Calibration) (task: Dataset.Task) : CleanSightPolicy.Detection =
     match c.Tasks.TryFind task with
-    | Some t -> { Reference = t.Reference; Threshold = t.Threshold }
-    | None -> { Reference = c.Reference; Threshold = c.Threshold }
+    | Some t -> { Reference = t.Reference; Threshold = t.Threshold; Length = t.Length }
+    | None -> { Reference = c.Reference; Threshold = c.Threshold; Length = c.Pooled.Length }
 
 /// The tasks among `tasks` whose inputs would be compared with clean inputs of another kind — absent
 /// from the calibration, or with too few samples for a reference of their own while other tasks have
@@ -120,8 +135,9 @@ let foreignTasks (c: Calibration) (tasks: Dataset.Task seq) =
 let formatName = "cleansight-calibration"
 /// 2: per-task references (`references`, `task_samples`, `tasks`) and `threshold_from`;
 /// 3: `layer_rule` (and, for the clean-fusion rule, `fusion_knockout`, `fusion_samples`);
-/// 4: `model.base_fingerprint`
-let formatVersion = 4
+/// 4: `model.base_fingerprint`; 5: `conditioning` and each reference's `prompt_length` (null when
+/// unconditioned)
+let formatVersion = 5
 
 let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes).ToLowerInvariant()
 
@@ -144,9 +160,10 @@ let imageSpan (session: LlavaSession) (ids: int64[]) =
     let struct (first, last) = AttentionRatio.ImageSpan(ids, int64 session.Config.ImageTokenIndex)
     first, last
 
-/// The detection feature vector of one input and, from the same prefill (no decode), the last prompt
-/// token's per-head (visual, prompt) attention sums at each `record` layer ([layer][head], layers in
-/// ascending order): the per-layer, per-head view of the clean reference costs no extra pass.
+/// The detection feature vector of one input (with its text after the image) and, from the same
+/// prefill (no decode), the last prompt token's per-head (visual, prompt) attention sums at each
+/// `record` layer ([layer][head], layers in ascending order): the per-layer, per-head view of the
+/// clean reference costs no extra pass.
 let featuresAndSums (session: LlavaSession) (settings: Settings) (record: int[]) (image: RgbImage) (question: string) =
     use scope = torch.NewDisposeScope()
     let ids = session.Prompt(question).InputIds |> Array.map int64
@@ -156,24 +173,47 @@ let featuresAndSums (session: LlavaSession) (settings: Settings) (record: int[])
     let prefilled = session.Model.Prefill(ids, session.Pixels image, recorder)
     prefilled.Cache.Dispose()
     let sums = [| for row in recorder.Rows -> AttentionRatio.Sums(row, first, last) |> Array.map (fun struct (v, p) -> v, p) |]
-    policy.Verdict.Features, sums
+    { Features = policy.Verdict.Features; TextTokens = policy.Verdict.TextTokens }, sums
 
 /// The detection feature vector of one input: one prefill observing the detection layers (no decode).
 let features (session: LlavaSession) (settings: Settings) (image: RgbImage) (question: string) =
-    featuresAndSums session settings [||] image question |> fst
+    (featuresAndSums session settings [||] image question |> fst).Features
 
-/// Fits a reference and its threshold on clean feature vectors.
-let fitReference (settings: Settings) (clean: float[][]) =
-    let reference = fit settings.Whitening clean
+/// The prompt-length model `settings` fits on clean samples (`None` when unconditioned).
+let private lengthModel (settings: Settings) (clean: Measured[]) =
+    match settings.Conditioning with
+    | Unconditioned -> None
+    | OnPromptLength -> Some(PromptLength.fit (clean |> Array.map _.TextTokens) (clean |> Array.map _.Features))
+
+/// The features a reference with `length` model measures, sample by sample.
+let private conditioned (length: PromptLength.Model option) (samples: Measured[]) =
+    samples |> Array.map (fun m -> PromptLength.apply length m.TextTokens m.Features)
+
+/// d of one input to a fitted reference (conditioned on its prompt's length when the reference is).
+let distanceTo (t: Fitted) (m: Measured) = distance t.Reference (PromptLength.apply t.Length m.TextTokens m.Features)
+
+/// Fits a reference and its threshold on clean samples. Leave-one-out distances refit everything
+/// without the sample: the prompt-length lines as well as the whitening.
+let fitReference (settings: Settings) (clean: Measured[]) =
+    let length = lengthModel settings clean
+    let u = conditioned length clean
+    let reference = fit settings.Whitening u
     let d =
-        match settings.ThresholdFrom with
-        | LeaveOneOut when clean.Length >= 3 -> leaveOneOutDistances settings.Whitening clean
-        | _ -> distances reference clean
-    { Samples = clean.Length; Reference = reference; CleanDistances = d; Threshold = threshold settings.Quantile d }
+        match settings.ThresholdFrom, length with
+        | LeaveOneOut, None when clean.Length >= 3 -> leaveOneOutDistances settings.Whitening u
+        | LeaveOneOut, Some _ when clean.Length >= 3 ->
+            Array.init clean.Length (fun i ->
+                let others = Array.removeAt i clean
+                let l = lengthModel settings others
+                let m = clean.[i]
+                distance (fit settings.Whitening (conditioned l others)) (PromptLength.apply l m.TextTokens m.Features))
+        | _ -> distances reference u
+    { Samples = clean.Length; Length = length; Reference = reference; CleanDistances = d
+      Threshold = threshold settings.Quantile d }
 
-/// Fits the pooled reference and, per `settings.References`, one per task on clean (features, task)
+/// Fits the pooled reference and, per `settings.References`, one per task on clean (measured, task)
 /// pairs: every task with at least `minTaskSamples` samples, when there is more than one task.
-let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clean: (float[] * Dataset.Task)[]) =
+let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clean: (Measured * Dataset.Task)[]) =
     let pooled = fitReference settings (Array.map fst clean)
     let byTask = clean |> Array.groupBy snd
     let tasks =
@@ -187,7 +227,7 @@ let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clea
     { Fingerprint = fp; Settings = settings; Template = template; Pooled = pooled; Tasks = tasks
       TaskSamples = byTask |> Array.map (fun (task, rows) -> task, rows.Length) |> Map.ofArray }
 
-/// Calibrates on clean (image, question, task) samples, also returning each sample's (features,
+/// Calibrates on clean (image, question, task) samples, also returning each sample's (measured,
 /// attention sums at the `record` layers) (see `featuresAndSums`); `progress done total` after each.
 let calibrateRecording (session: LlavaSession) (settings: Settings) (record: int[]) (samples: (RgbImage * string * Dataset.Task)[])
                        (progress: int -> int -> unit) =
@@ -259,6 +299,10 @@ let parseFeature = function
 let whiteningName = function Diagonal -> "diagonal" | Full _ -> "full"
 let referencesName = function Pooled -> "pooled" | PerTask -> "per-task"
 let layerRuleName = function RelativeDepth -> "relative-depth" | Named -> "named" | CleanFusion _ -> "fusion"
+let conditioningName = function Unconditioned -> "none" | OnPromptLength -> "prompt-length"
+let parseConditioning = function
+    | "none" -> Unconditioned | "prompt-length" -> OnPromptLength
+    | s -> invalidArg "conditioning" $"unknown conditioning '{s}' (none, prompt-length)"
 
 /// "0,1,2 (fusion) from each layer's part … nats on 40 samples": the detection layers and how they were chosen.
 let describeLayers (settings: Settings) =
@@ -280,10 +324,16 @@ let tauJson = function
     | Detector.Absolute t -> obj [ "kind", JsonValue.Create "absolute"; "value", JsonValue.Create t ]
     | Detector.RelativeToUniform r -> obj [ "kind", JsonValue.Create "relative"; "value", JsonValue.Create r ]
 
+let private lengthJson (m: PromptLength.Model) =
+    obj [ "mean_intercept", arr m.MeanIntercept; "mean_slope", arr m.MeanSlope
+          "scale_intercept", arr m.ScaleIntercept; "scale_slope", arr m.ScaleSlope
+          "min_log_length", JsonValue.Create m.MinLog; "max_log_length", JsonValue.Create m.MaxLog ]
+
 /// One reference's fields (the pooled one sits at the top level, each task's in `tasks`).
 let private referenceFields (t: Fitted) =
     let r = t.Reference
     [ "samples", JsonValue.Create t.Samples :> JsonNode
+      "prompt_length", (match t.Length with Some m -> lengthJson m :> JsonNode | None -> null)
       "threshold", JsonValue.Create t.Threshold
       "shrinkage", JsonValue.Create r.ShrinkageUsed
       "mean", arr r.Mean
@@ -319,6 +369,7 @@ let private body (c: Calibration) =
             "tau", tauJson c.Settings.Tau
             "references", JsonValue.Create(referencesName c.Settings.References)
             "threshold_from", JsonValue.Create(thresholdFromName c.Settings.ThresholdFrom)
+            "conditioning", JsonValue.Create(conditioningName c.Settings.Conditioning)
             "seed", JsonValue.Create c.Settings.Seed ]
     let tasks = obj [ for KeyValue(task, t) in c.Tasks -> Dataset.taskName task, obj (referenceFields t) :> JsonNode ]
     let taskSamples = obj [ for KeyValue(task, n) in c.TaskSamples -> Dataset.taskName task, JsonValue.Create n :> JsonNode ]
@@ -377,9 +428,15 @@ let load (path: string) (session: LlavaSession) : Calibration =
             fail "made for another model (its base weights differ: another checkpoint of the same architecture)"
         let floats (n: JsonNode) = n.AsArray() |> Seq.map (fun x -> x.GetValue<float>()) |> Seq.toArray
         let mat (n: JsonNode) = if isNull n then None else Some(n.AsArray() |> Seq.map floats |> Seq.toArray)
+        let lengthOf (n: JsonNode) : PromptLength.Model option =
+            if isNull n then None
+            else
+                Some { MeanIntercept = floats n.["mean_intercept"]; MeanSlope = floats n.["mean_slope"]
+                       ScaleIntercept = floats n.["scale_intercept"]; ScaleSlope = floats n.["scale_slope"]
+                       MinLog = n.["min_log_length"].GetValue<float>(); MaxLog = n.["max_log_length"].GetValue<float>() }
         let referenceOf (whitening: Whitening) (o: JsonNode) =
             let samples = o.["samples"].GetValue<int>()
-            { Samples = samples; Threshold = o.["threshold"].GetValue<float>(); CleanDistances = floats o.["clean_distances"]
+            { Samples = samples; Length = lengthOf o.["prompt_length"]; Threshold = o.["threshold"].GetValue<float>(); CleanDistances = floats o.["clean_distances"]
               Reference =
                 { Whitening = whitening; Samples = samples; Mean = floats o.["mean"]; Std = floats o.["std"]
                   Epsilon = o.["epsilon"].GetValue<float>(); Covariance = mat o.["covariance"]; Whitener = mat o.["whitener"]
@@ -406,6 +463,7 @@ let load (path: string) (session: LlavaSession) : Calibration =
               Tau = tau
               References = parseReferences (o.["references"].GetValue<string>())
               ThresholdFrom = parseThresholdFrom (o.["threshold_from"].GetValue<string>())
+              Conditioning = parseConditioning (o.["conditioning"].GetValue<string>())
               Seed = o.["seed"].GetValue<int>() }
         let pooled = referenceOf whitening o
         let byTask (field: string) (value: JsonNode -> 'T) =
@@ -416,6 +474,13 @@ let load (path: string) (session: LlavaSession) : Calibration =
             |> Map.ofList
         let tasks = byTask "tasks" (referenceOf whitening)
         let taskSamples = byTask "task_samples" (fun n -> n.GetValue<int>())
+        for t in pooled :: (tasks |> Map.toList |> List.map snd) do
+            match settings.Conditioning, t.Length with
+            | Unconditioned, Some _ -> fail "a reference has a prompt-length model, yet \"conditioning\" is \"none\""
+            | OnPromptLength, None -> fail "\"conditioning\" is \"prompt-length\", yet a reference has no prompt-length model"
+            | OnPromptLength, Some m when m.Dimension <> t.Reference.Mean.Length ->
+                fail $"a prompt-length model has {m.Dimension} features, its reference {t.Reference.Mean.Length}"
+            | _ -> ()
         if settings.Layers |> Array.exists (fun l -> l < 0 || l >= session.Config.Text.NumHiddenLayers) then
             fail $"detection layers {settings.Layers} do not exist in a {session.Config.Text.NumHiddenLayers}-layer model"
         let template = o.["prompt_template"].GetValue<string>()

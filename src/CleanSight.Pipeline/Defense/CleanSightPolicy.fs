@@ -9,12 +9,19 @@ open CleanSight.Core.Inference
 open CleanSight.Pipeline.Defense
 open CleanSight.Pipeline.Defense.Whitening
 
-/// What the detector compares against (from a calibration file).
-type Detection = { Reference: Reference; Threshold: float }
+/// What the detector compares against (from a calibration file): the clean reference, its threshold,
+/// and the prompt-length model the features are conditioned on first (`None`: unconditioned).
+type Detection = { Reference: Reference; Threshold: float; Length: PromptLength.Model option }
+
+/// The distance d of an input's features, its prompt having `textTokens` tokens after the image.
+let distanceOf (d: Detection) (textTokens: int) (x: float[]) =
+    distance d.Reference (PromptLength.apply d.Length textTokens x)
 
 /// What the policy saw and did for one input.
 type Verdict =
     { Features: float[]
+      /// text tokens after the image, the last prompt token included (what the prompt-length model reads)
+      TextTokens: int
       Distance: float option
       Flagged: bool
       Pruned: int64[] }
@@ -24,7 +31,7 @@ type Verdict =
 type Policy(layers: int[], feature: Feature, tau: Detector.Tau, first: int64, last: int64,
             detection: Detection option, force: bool) =
     let features = List<float>()
-    let mutable verdict = { Features = [||]; Distance = None; Flagged = false; Pruned = [||] }
+    let mutable verdict = { Features = [||]; TextTokens = 0; Distance = None; Flagged = false; Pruned = [||] }
     let lastLayer = Array.max layers
 
     member _.Verdict = verdict
@@ -36,8 +43,9 @@ type Policy(layers: int[], feature: Feature, tau: Detector.Tau, first: int64, la
             if row.Layer <> lastLayer then [||]
             else
                 let f = features.ToArray()
-                let distance = detection |> Option.map (fun d -> distance d.Reference f)
+                let text = Detector.textAfter last row
+                let distance = detection |> Option.map (fun d -> distanceOf d text f)
                 let flagged = force || (match detection, distance with Some d, Some x -> x > d.Threshold | _ -> false)
                 let omega = if flagged then Detector.pruned tau first last row else [||]
-                verdict <- { Features = f; Distance = distance; Flagged = flagged; Pruned = omega }
+                verdict <- { Features = f; TextTokens = text; Distance = distance; Flagged = flagged; Pruned = omega }
                 omega :> IReadOnlyCollection<int64>

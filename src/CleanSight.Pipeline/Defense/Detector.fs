@@ -48,6 +48,13 @@ let tauValue (tau: Tau) (keys: int) =
 let rowFeatures (feature: Feature) (first: int64) (last: int64) (row: AttentionRow) =
     AttentionRatio.Sums(row, first, last) |> Array.map (fun struct (v, p) -> featureOf feature v p)
 
+/// The prompt text after the image that the row's query sees (itself included): key positions after `last`.
+let textAfter (last: int64) (row: AttentionRow) =
+    let mutable n = 0
+    for j in 0 .. row.Keys - 1 do
+        if row.KeyPositions.[j] > last then n <- n + 1
+    n
+
 /// Ω: image positions whose attention from the query exceeds τ in any head (union over heads).
 let pruned (tau: Tau) (first: int64) (last: int64) (row: AttentionRow) : int64[] =
     let t = tauValue tau row.Keys
