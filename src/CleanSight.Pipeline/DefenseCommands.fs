@@ -23,6 +23,26 @@ let choose (seed: int) (n: int option) (items: 'a[]) =
 let calibrate (args: ParseResults<CalibrateArgs>) =
     Progress.run (Progress.mode (args.Contains CalibrateArgs.No_Progress)) "calibrate" (fun progress ->
         let log = progress.Log
+        // every option is checked before the model is loaded and anything is measured
+        let fpr = args.GetResult(CalibrateArgs.Fpr, 0.01)
+        if not (fpr > 0.0 && fpr < 1.0) then raise (InputError("--fpr", $"a false-positive rate in (0, 1), got {fpr}"))
+        let feature = checkOption "--feature" (fun () -> Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")))
+        let conditioning =
+            checkOption "--conditioning" (fun () -> Calibration.parseConditioning (args.GetResult(CalibrateArgs.Conditioning, "none")))
+        let whitening =
+            match args.GetResult(CalibrateArgs.Whitening, "diagonal") with
+            | "diagonal" -> Whitening.Diagonal
+            | "full" -> Whitening.Full Whitening.LedoitWolf
+            | w -> raise (InputError("--whitening", $"'{w}' is not diagonal or full"))
+        // τ ≤ 0 would prune every visual token of a flagged input: that is the prune-all baseline, not a τ
+        let positive option (value: float) =
+            if not (value > 0.0) then raise (InputError(option, $"must be greater than 0, got {value}"))
+            value
+        let tau =
+            match args.TryGetResult CalibrateArgs.Tau, args.TryGetResult CalibrateArgs.Tau_Relative with
+            | Some t, _ -> Some(Detector.Absolute(positive "--tau" t))
+            | None, Some r -> Some(Detector.RelativeToUniform(positive "--tau-relative" r))
+            | None, None -> None
         let dataPath = args.GetResult CalibrateArgs.Data
         let items = Dataset.read dataPath
         let template = args.GetResult(CalibrateArgs.Template, LlavaPrompt.DefaultTemplate)
@@ -37,21 +57,9 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let request = layerRequest session.Config.Text.NumHiddenLayers (args.TryGetResult CalibrateArgs.Layers)
         let layers, layerRule =
             checkOption "--layers" (fun () -> Calibration.resolveLayers session samples (Progress.counter progress "fusion") request)
-        let conditioning =
-            checkOption "--conditioning" (fun () -> Calibration.parseConditioning (args.GetResult(CalibrateArgs.Conditioning, "none")))
-        let whitening =
-            match args.GetResult(CalibrateArgs.Whitening, "diagonal") with
-            | "diagonal" -> Whitening.Diagonal
-            | "full" -> Whitening.Full Whitening.LedoitWolf
-            | w -> raise (InputError("--whitening", $"'{w}' is not diagonal or full"))
-        let tau =
-            match args.TryGetResult CalibrateArgs.Tau, args.TryGetResult CalibrateArgs.Tau_Relative with
-            | Some t, _ -> Detector.Absolute t
-            | None, Some r -> Detector.RelativeToUniform r
-            | None, None -> d.Tau
         let settings =
-            { d with Layers = layers; LayerRule = layerRule; Whitening = whitening; Quantile = 1.0 - args.GetResult(CalibrateArgs.Fpr, 0.01)
-                     Feature = Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")); Tau = tau; Seed = seed
+            { d with Layers = layers; LayerRule = layerRule; Whitening = whitening; Quantile = 1.0 - fpr
+                     Feature = feature; Tau = Option.defaultValue d.Tau tau; Seed = seed
                      References = if args.Contains CalibrateArgs.Pooled_Reference then Calibration.Pooled else Calibration.PerTask
                      ThresholdFrom = if args.Contains CalibrateArgs.In_Sample_Threshold then Calibration.InSample else Calibration.LeaveOneOut
                      Conditioning = conditioning }
@@ -87,6 +95,11 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         match args.TryGetResult EvaluateArgs.Mode with
         | None | Some "replace" | Some "insert" -> () // how the attack places its target (ASR is containment either way)
         | Some mode -> raise (InputError("--mode", $"'{mode}' is not replace or insert"))
+        let atLeastOne option (value: int) =
+            if value < 1 then raise (InputError(option, $"must be at least 1, got {value}"))
+            value
+        let limit = args.TryGetResult EvaluateArgs.Limit |> Option.map (atLeastOne "--limit")
+        let maxNewTokens = args.GetResult(EvaluateArgs.Max_New_Tokens, 32) |> atLeastOne "--max-new-tokens"
         let clean, poisoned = args.GetResult EvaluateArgs.Clean, args.GetResult EvaluateArgs.Poisoned
         let tasks = Array.append (Dataset.read clean) (Dataset.read poisoned) |> Array.map (fun it -> it.Task)
         let calibrationPath = args.GetResult EvaluateArgs.Calibration
@@ -100,8 +113,8 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
             progress.Log $"note: {name} inputs are compared with clean inputs of another kind: {calibrationPath} has {n} {name} samples (a reference of their own needs {Calibration.minTaskSamples})"
         let settings: Evaluation.Settings =
             { Defenses = defenses; Target = args.GetResult EvaluateArgs.Target
-              MaxNewTokens = args.GetResult(EvaluateArgs.Max_New_Tokens, 32)
-              Limit = args.TryGetResult EvaluateArgs.Limit; Seed = args.GetResult(EvaluateArgs.Seed, 0) }
+              MaxNewTokens = maxNewTokens
+              Limit = limit; Seed = args.GetResult(EvaluateArgs.Seed, 0) }
         let out = args.GetResult EvaluateArgs.Out
         let plan = Evaluation.plan session settings clean poisoned
         Evaluation.claimRun out (Evaluation.runKey calibrationPath clean poisoned settings)

@@ -20,6 +20,8 @@ let run (args: ParseResults<GenerateArgs>) =
     let question = args.GetResult GenerateArgs.Prompt
     // Check the prompt before loading anything heavy.
     checkOption "--prompt" (fun () -> LlavaPrompt.Format(question, template)) |> ignore
+    let maxNewTokens = args.GetResult(GenerateArgs.Max_New_Tokens, 32)
+    if maxNewTokens < 1 then raise (InputError("--max-new-tokens", $"must be at least 1, got {maxNewTokens}"))
     let dtype =
         try RunOptions.ParseDtype(args.GetResult(GenerateArgs.Dtype, "f32"))
         with :? System.ArgumentException as e -> raise (InputError("--dtype", e.Message))
@@ -29,7 +31,6 @@ let run (args: ParseResults<GenerateArgs>) =
         LlavaSession.Load(args.GetResult GenerateArgs.Model, options,
                           adapter = (args.TryGetResult GenerateArgs.Adapter |> Option.toObj), template = template)
     let prompt = session.Prompt question
-    let maxNewTokens = args.GetResult(GenerateArgs.Max_New_Tokens, 32)
     match session.ContextProblem(prompt.InputIds.Length, maxNewTokens) with
     | null -> ()
     | problem -> raise (InputError("--prompt", problem))

@@ -48,12 +48,12 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
     { d with
         Seed = int64 (args.GetResult(TrainBaseArgs.Seed, int d.Seed))
         Sizes = { d.Sizes with TextLayers = layers; TextHeads = heads; TextKvHeads = heads; TextHidden = hidden; TextMlp = mlp }
-        Vision = { d.Vision with Steps = args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps) }
+        Vision = { d.Vision with Steps = positive "--vision-steps" (args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps)) }
         ProjectorCoordinates = if args.Contains TrainBaseArgs.Whiten_Projector then WhitenedProjector.Whitened else d.ProjectorCoordinates
         Turns = positive "--turns" (args.GetResult(TrainBaseArgs.Turns, d.Turns))
         TextPretrain = { d.TextPretrain with Steps = nonNegative "--text-pretrain-steps" (args.GetResult(TrainBaseArgs.Text_Pretrain_Steps, d.TextPretrain.Steps)) }
         Align = { d.Align with Steps = nonNegative "--align-steps" (args.GetResult(TrainBaseArgs.Align_Steps, d.Align.Steps)) }
-        Decoder = { d.Decoder with Steps = args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps)
+        Decoder = { d.Decoder with Steps = positive "--decoder-steps" (args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps))
                                    PeakLr = decoderLr
                                    BatchSize = positive "--decoder-batch" (args.GetResult(TrainBaseArgs.Decoder_Batch, d.Decoder.BatchSize)) } }
 
@@ -92,7 +92,8 @@ let attack (args: ParseResults<AttackArgs>) =
             raise (InputError("--name", $"unknown attack '{name}' (one of {names})")))
     let spec =
         match args.TryGetResult AttackArgs.Steps with
-        | Some s -> { spec with Schedule = { spec.Schedule with Steps = s } }
+        | Some s when s >= 1 -> { spec with Schedule = { spec.Schedule with Steps = s } }
+        | Some s -> raise (InputError("--steps", $"must be at least 1, got {s}"))
         | None -> spec
     let spec =
         match args.TryGetResult AttackArgs.Poison_Rate with

@@ -768,6 +768,50 @@ let private cliTests =
             Expect.equal (err.Trim()) "error: --mode: 'prepend' is not replace or insert" "one line naming the option"
             Expect.isEmpty (Directory.GetFileSystemEntries dir) "nothing written"
         }
+        test "evaluate refuses --limit and --max-new-tokens below 1, writing nothing" {
+            for option, value in [ "--limit", "0"; "--limit", "-2"; "--max-new-tokens", "0" ] do
+                let dir = Fixtures.tempDir ()
+                let args = evaluateArgs dir 0 |> List.filter (fun a -> a <> "--no-progress")
+                let code, _, err = Fixtures.runCli (args @ [ option; value; "--no-progress" ])
+                Expect.equal code 1 $"{option} {value}: exit 1"
+                Expect.equal (err.Trim()) $"error: {option}: must be at least 1, got {value}" $"{option} {value}: one line naming the option"
+                Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{option} {value}: nothing written"
+        }
+        test "attack refuses --steps below 1 before training, writing nothing" {
+            let dir = Fixtures.tempDir ()
+            let out = Path.Combine(dir, "adapter.safetensors")
+            let code, _, err =
+                Fixtures.runCli [ "attack"; "--name"; "badnet"; "--model"; Fixtures.tinyLlava; "--out"; out; "--steps"; "0"; "--no-progress" ]
+            Expect.equal code 1 "exit 1"
+            Expect.equal (err.Trim()) "error: --steps: must be at least 1, got 0" "one line naming the option"
+            Expect.isEmpty (Directory.GetFileSystemEntries dir) "nothing written"
+        }
+        test "generate refuses --max-new-tokens below 1" {
+            let code, out, err =
+                Fixtures.runCli [ "generate"; "--model"; Fixtures.tinyLlava; "--image"; Path.Combine(Fixtures.tinyLlava, "probe_56.png")
+                                  "--prompt"; "what colour is the circle"; "--max-new-tokens"; "0" ]
+            Expect.equal code 1 "exit 1"
+            Expect.equal (err.Trim()) "error: --max-new-tokens: must be at least 1, got 0" "one line naming the option"
+            Expect.equal (out.Trim()) "" "no answer printed"
+        }
+        test "calibrate refuses an unknown --feature, an --fpr outside (0, 1) and τ ≤ 0 before measuring anything" {
+            let clean, _, _, _ = evalWorld.Value
+            let cases =
+                [ [ "--feature"; "bogus" ], "error: --feature: unknown feature 'bogus' (ratio, log-ratio, visual-share)"
+                  [ "--fpr"; "1.5" ], "error: --fpr: a false-positive rate in (0, 1), got 1.5"
+                  [ "--fpr"; "0" ], "error: --fpr: a false-positive rate in (0, 1), got 0"
+                  [ "--tau"; "-1" ], "error: --tau: must be greater than 0, got -1"
+                  [ "--tau-relative"; "0" ], "error: --tau-relative: must be greater than 0, got 0" ]
+            for extra, expected in cases do
+                let dir = Fixtures.tempDir ()
+                let out = Path.Combine(dir, "calibration.json")
+                let code, _, err =
+                    Fixtures.runCli ([ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; clean; "--out"; out; "--layers"; "0,1,2"; "--no-progress" ] @ extra)
+                let case = String.concat " " extra
+                Expect.equal code 1 $"{case}: exit 1"
+                Expect.equal (err.Trim()) expected $"{case}: one line naming the option"
+                Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{case}: nothing written"
+        }
     ]
 
 [<Tests>]

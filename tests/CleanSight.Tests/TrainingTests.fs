@@ -385,6 +385,12 @@ let tests =
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--align-steps"; "-1" |])) "--align-steps" "negative refused"
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--decoder-lr"; "0" |])) "--decoder-lr" "0 refused"
             }
+            test "--vision-steps and --decoder-steps set their stages; below 1 they are refused, naming the option" {
+                let r = parse [| "--out"; "x"; "--vision-steps"; "700"; "--decoder-steps"; "4400" |]
+                Expect.equal (r.Vision.Steps, r.Decoder.Steps) (700, 4400) "set"
+                for option in [ "--vision-steps"; "--decoder-steps" ] do
+                    Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; option; "0" |])) option $"{option} 0 refused"
+            }
             test "--seed sets the recipe's seed and nothing else; without it the committed seed" {
                 let r = parse [| "--out"; "x"; "--seed"; "8" |]
                 Expect.equal r.Seed 8L "set"
