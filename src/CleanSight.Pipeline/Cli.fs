@@ -9,6 +9,16 @@ let checkOption (option: string) (parse: unit -> 'T) : 'T =
     try parse ()
     with :? System.ArgumentException as e -> raise (CleanSight.Core.InputError(option, e.Message.Split(" (Parameter").[0]))
 
+/// A count or step option's value; below 1 it is refused in one line naming the option.
+let atLeastOne (option: string) (n: int) =
+    if n < 1 then raise (CleanSight.Core.InputError(option, $"must be at least 1, got {n}"))
+    n
+
+/// An attack's target text; empty, every output would contain it.
+let nonEmptyTarget (option: string) (target: string) =
+    if System.String.IsNullOrWhiteSpace target then raise (CleanSight.Core.InputError(option, "the target text is empty"))
+    target
+
 /// `--layers` of `calibrate` and `demo` for a decoder of `numLayers` layers; a bad value is one line naming the option.
 let layerRequest (numLayers: int) (text: string option) =
     match Defense.Calibration.parseLayerRequest numLayers text with

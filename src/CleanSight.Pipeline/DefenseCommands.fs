@@ -95,9 +95,7 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         match args.TryGetResult EvaluateArgs.Mode with
         | None | Some "replace" | Some "insert" -> () // how the attack places its target (ASR is containment either way)
         | Some mode -> raise (InputError("--mode", $"'{mode}' is not replace or insert"))
-        let atLeastOne option (value: int) =
-            if value < 1 then raise (InputError(option, $"must be at least 1, got {value}"))
-            value
+        let target = nonEmptyTarget "--target" (args.GetResult EvaluateArgs.Target)
         let limit = args.TryGetResult EvaluateArgs.Limit |> Option.map (atLeastOne "--limit")
         let maxNewTokens = args.GetResult(EvaluateArgs.Max_New_Tokens, 32) |> atLeastOne "--max-new-tokens"
         let clean, poisoned = args.GetResult EvaluateArgs.Clean, args.GetResult EvaluateArgs.Poisoned
@@ -112,7 +110,7 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
             let name = Dataset.taskName task
             progress.Log $"note: {name} inputs are compared with clean inputs of another kind: {calibrationPath} has {n} {name} samples (a reference of their own needs {Calibration.minTaskSamples})"
         let settings: Evaluation.Settings =
-            { Defenses = defenses; Target = args.GetResult EvaluateArgs.Target
+            { Defenses = defenses; Target = target
               MaxNewTokens = maxNewTokens
               Limit = limit; Seed = args.GetResult(EvaluateArgs.Seed, 0) }
         let out = args.GetResult EvaluateArgs.Out

@@ -20,8 +20,7 @@ let run (args: ParseResults<GenerateArgs>) =
     let question = args.GetResult GenerateArgs.Prompt
     // Check the prompt before loading anything heavy.
     checkOption "--prompt" (fun () -> LlavaPrompt.Format(question, template)) |> ignore
-    let maxNewTokens = args.GetResult(GenerateArgs.Max_New_Tokens, 32)
-    if maxNewTokens < 1 then raise (InputError("--max-new-tokens", $"must be at least 1, got {maxNewTokens}"))
+    let maxNewTokens = atLeastOne "--max-new-tokens" (args.GetResult(GenerateArgs.Max_New_Tokens, 32))
     let dtype =
         try RunOptions.ParseDtype(args.GetResult(GenerateArgs.Dtype, "f32"))
         with :? System.ArgumentException as e -> raise (InputError("--dtype", e.Message))

@@ -25,13 +25,12 @@ let main argv =
             let given = args.TryGetResult DemoArgs.World
             let world = World.Materialize.resolve given
             let request = layerRequest (World.Materialize.textLayers world) (args.TryGetResult DemoArgs.Layers)
-            let s = { d with Test = args.GetResult(DemoArgs.Test, d.Test); Calibration = args.GetResult(DemoArgs.Calibration, d.Calibration)
+            let s = { d with Test = atLeastOne "--test" (args.GetResult(DemoArgs.Test, d.Test)); Calibration = args.GetResult(DemoArgs.Calibration, d.Calibration)
                              PooledReference = args.Contains DemoArgs.Pooled_Reference; World = given |> Option.map (fun _ -> world)
                              PromptLengthReference =
                                 checkOption "--conditioning" (fun () -> Defense.Calibration.parseConditioning (args.GetResult(DemoArgs.Conditioning, "none")))
                                     = Defense.Calibration.OnPromptLength }
                     |> Demo.withLayerRequest request
-            if s.Test < 1 then raise (InputError("--test", $"must be at least 1, got {s.Test}"))
             if s.Calibration < 2 then raise (InputError("--calibration", $"calibration needs at least 2 clean samples, got {s.Calibration}"))
             Progress.run (Progress.mode (args.Contains DemoArgs.No_Progress)) "demo" (Demo.run s) |> ignore
             printfn "%s" (System.IO.Path.Combine(out, "report.html"))

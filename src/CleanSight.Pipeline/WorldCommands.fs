@@ -13,10 +13,11 @@ open CleanSight.Pipeline.World
 
 let world (args: ParseResults<WorldArgs>) =
     let log = Progress.logger (args.Contains WorldArgs.No_Progress)
+    let calibration = atLeastOne "--calibration" (args.GetResult(WorldArgs.Calibration, Materialize.defaultCalibration))
+    let test = atLeastOne "--test" (args.GetResult(WorldArgs.Test, 200))
     let world = Materialize.resolve (args.TryGetResult WorldArgs.World)
     let out = args.GetResult WorldArgs.Out
-    let manifest =
-        Materialize.run world out (args.GetResult(WorldArgs.Calibration, Materialize.defaultCalibration)) (args.GetResult(WorldArgs.Test, 200)) log
+    let manifest = Materialize.run world out calibration test log
     printfn "%s" (Path.Combine(out, "manifest.json"))
     ignore manifest
     0
@@ -32,7 +33,6 @@ let private captionLine (model: CleanSight.Core.Model.LlavaForConditionalGenerat
 /// and learning rate, projector parametrisation, LLaVA's text pre-training and alignment stages).
 let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let d = BaseModel.defaults
-    let positive option n = if n < 1 then raise (InputError(option, $"must be at least 1, got {n}")) else n
     let nonNegative option n = if n < 0 then raise (InputError(option, $"must be at least 0, got {n}")) else n
     let decoderLr = args.GetResult(TrainBaseArgs.Decoder_Lr, d.Decoder.PeakLr)
     if not (decoderLr > 0.0 && decoderLr < 1.0) then raise (InputError("--decoder-lr", $"{decoderLr} is not in (0, 1)"))
@@ -48,14 +48,14 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
     { d with
         Seed = int64 (args.GetResult(TrainBaseArgs.Seed, int d.Seed))
         Sizes = { d.Sizes with TextLayers = layers; TextHeads = heads; TextKvHeads = heads; TextHidden = hidden; TextMlp = mlp }
-        Vision = { d.Vision with Steps = positive "--vision-steps" (args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps)) }
+        Vision = { d.Vision with Steps = atLeastOne "--vision-steps" (args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps)) }
         ProjectorCoordinates = if args.Contains TrainBaseArgs.Whiten_Projector then WhitenedProjector.Whitened else d.ProjectorCoordinates
-        Turns = positive "--turns" (args.GetResult(TrainBaseArgs.Turns, d.Turns))
+        Turns = atLeastOne "--turns" (args.GetResult(TrainBaseArgs.Turns, d.Turns))
         TextPretrain = { d.TextPretrain with Steps = nonNegative "--text-pretrain-steps" (args.GetResult(TrainBaseArgs.Text_Pretrain_Steps, d.TextPretrain.Steps)) }
         Align = { d.Align with Steps = nonNegative "--align-steps" (args.GetResult(TrainBaseArgs.Align_Steps, d.Align.Steps)) }
-        Decoder = { d.Decoder with Steps = positive "--decoder-steps" (args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps))
+        Decoder = { d.Decoder with Steps = atLeastOne "--decoder-steps" (args.GetResult(TrainBaseArgs.Decoder_Steps, d.Decoder.Steps))
                                    PeakLr = decoderLr
-                                   BatchSize = positive "--decoder-batch" (args.GetResult(TrainBaseArgs.Decoder_Batch, d.Decoder.BatchSize)) } }
+                                   BatchSize = atLeastOne "--decoder-batch" (args.GetResult(TrainBaseArgs.Decoder_Batch, d.Decoder.BatchSize)) } }
 
 let trainBase (args: ParseResults<TrainBaseArgs>) =
     let log = Progress.logger (args.Contains TrainBaseArgs.No_Progress)
@@ -84,7 +84,7 @@ let trainBase (args: ParseResults<TrainBaseArgs>) =
 let attack (args: ParseResults<AttackArgs>) =
     let log = Progress.logger (args.Contains AttackArgs.No_Progress)
     let name = args.GetResult AttackArgs.Name
-    let target = args.GetResult(AttackArgs.Target, Attacks.defaultTarget)
+    let target = nonEmptyTarget "--target" (args.GetResult(AttackArgs.Target, Attacks.defaultTarget))
     let spec =
         Attacks.all target |> List.tryFind (fun a -> a.Name = name)
         |> Option.defaultWith (fun () ->
@@ -92,8 +92,7 @@ let attack (args: ParseResults<AttackArgs>) =
             raise (InputError("--name", $"unknown attack '{name}' (one of {names})")))
     let spec =
         match args.TryGetResult AttackArgs.Steps with
-        | Some s when s >= 1 -> { spec with Schedule = { spec.Schedule with Steps = s } }
-        | Some s -> raise (InputError("--steps", $"must be at least 1, got {s}"))
+        | Some s -> { spec with Schedule = { spec.Schedule with Steps = atLeastOne "--steps" s } }
         | None -> spec
     let spec =
         match args.TryGetResult AttackArgs.Poison_Rate with

@@ -786,6 +786,29 @@ let private cliTests =
             Expect.equal (err.Trim()) "error: --steps: must be at least 1, got 0" "one line naming the option"
             Expect.isEmpty (Directory.GetFileSystemEntries dir) "nothing written"
         }
+        test "world refuses --calibration and --test below 1, writing nothing" {
+            for option in [ "--calibration"; "--test" ] do
+                let dir = Fixtures.tempDir ()
+                let out = Path.Combine(dir, "data")
+                let code, _, err = Fixtures.runCli [ "world"; "--out"; out; option; "0"; "--no-progress" ]
+                Expect.equal code 1 $"{option}: exit 1"
+                Expect.equal (err.Trim()) $"error: {option}: must be at least 1, got 0" $"{option}: one line naming the option"
+                Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{option}: nothing written"
+        }
+        test "evaluate and attack refuse an empty --target, writing nothing" {
+            let dir = Fixtures.tempDir ()
+            let args = evaluateArgs dir 0 |> List.map (fun a -> if a = "you have been hacked lol" then " " else a)
+            let code, _, err = Fixtures.runCli args
+            Expect.equal code 1 "evaluate: exit 1"
+            Expect.equal (err.Trim()) "error: --target: the target text is empty" "evaluate: one line naming the option"
+            Expect.isEmpty (Directory.GetFileSystemEntries dir) "evaluate: nothing written (not even the run's claim)"
+            let out = Path.Combine(dir, "adapter.safetensors")
+            let code, _, err =
+                Fixtures.runCli [ "attack"; "--name"; "badnet"; "--model"; Fixtures.tinyLlava; "--out"; out; "--target"; ""; "--no-progress" ]
+            Expect.equal code 1 "attack: exit 1"
+            Expect.equal (err.Trim()) "error: --target: the target text is empty" "attack: one line naming the option"
+            Expect.isEmpty (Directory.GetFileSystemEntries dir) "attack: nothing written"
+        }
         test "generate refuses --max-new-tokens below 1" {
             let code, out, err =
                 Fixtures.runCli [ "generate"; "--model"; Fixtures.tinyLlava; "--image"; Path.Combine(Fixtures.tinyLlava, "probe_56.png")
