@@ -24,7 +24,8 @@ let run (args: ParseResults<GenerateArgs>) =
     let dtype =
         try RunOptions.ParseDtype(args.GetResult(GenerateArgs.Dtype, "f32"))
         with :? System.ArgumentException as e -> raise (InputError("--dtype", e.Message))
-    let options = RunOptions(args.GetResult(GenerateArgs.Device, "cpu"), dtype)
+    let device = checkOption "--device" (fun () -> RunOptions.CheckDevice(args.GetResult(GenerateArgs.Device, "cpu")))
+    let options = RunOptions(device, dtype)
     let image = RgbImage.Load(args.GetResult GenerateArgs.Image)
     use session =
         LlavaSession.Load(args.GetResult GenerateArgs.Model, options,

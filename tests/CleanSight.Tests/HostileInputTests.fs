@@ -809,6 +809,20 @@ let private cliTests =
             Expect.equal (err.Trim()) "error: --target: the target text is empty" "attack: one line naming the option"
             Expect.isEmpty (Directory.GetFileSystemEntries dir) "attack: nothing written"
         }
+        test "generate refuses a --device this libtorch cannot use, in one line naming the option" {
+            let cases =
+                [ "bogus", "error: --device: unknown device 'bogus' (expected cpu, cuda or cuda:N)"
+                  "mps", "error: --device: device 'mps': not available on this machine (cpu and cuda are supported)"
+                  if not (TorchSharp.torch.cuda.is_available ()) then
+                      "cuda", "error: --device: device 'cuda': this libtorch has no CUDA (only the CPU build is installed, or no GPU is visible)" ]
+            for device, expected in cases do
+                let code, out, err =
+                    Fixtures.runCli [ "generate"; "--model"; Fixtures.tinyLlava; "--image"; Path.Combine(Fixtures.tinyLlava, "probe_56.png")
+                                      "--prompt"; "what colour is the circle"; "--max-new-tokens"; "2"; "--device"; device ]
+                Expect.equal code 1 $"{device}: exit 1"
+                Expect.equal (err.Trim()) expected $"{device}: one line"
+                Expect.equal (out.Trim()) "" $"{device}: no answer printed"
+        }
         test "generate refuses --max-new-tokens below 1" {
             let code, out, err =
                 Fixtures.runCli [ "generate"; "--model"; Fixtures.tinyLlava; "--image"; Path.Combine(Fixtures.tinyLlava, "probe_56.png")

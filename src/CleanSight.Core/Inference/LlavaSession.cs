@@ -23,6 +23,33 @@ namespace CleanSight.Core.Inference
             "f16" or "float16" or "fp16" => ScalarType.Float16,
             _ => throw new ArgumentException($"unknown dtype '{s}' (expected f32, bf16 or f16)"),
         };
+
+        /// <summary>A device name checked against this machine's libtorch: ArgumentException (one line) for a
+        /// malformed name or a CUDA device it cannot reach (the CPU package has no CUDA). Returns the name.</summary>
+        public static string CheckDevice(string s)
+        {
+            Device device;
+            try { device = torch.device(s); }
+            catch (Exception e) when (e is ArgumentException || e is FormatException)
+            {
+                throw new ArgumentException($"unknown device '{s}' (expected cpu, cuda or cuda:N)");
+            }
+            catch (InvalidOperationException) // the device type exists but its backend does not load here
+            {
+                throw new ArgumentException(s.StartsWith("cuda", StringComparison.OrdinalIgnoreCase)
+                    ? $"device '{s}': this libtorch has no CUDA (only the CPU build is installed, or no GPU is visible)"
+                    : $"device '{s}': not available on this machine (cpu and cuda are supported)");
+            }
+            if (device.type == DeviceType.CUDA)
+            {
+                var count = torch.cuda.device_count();
+                if (device.index >= count)
+                    throw new ArgumentException($"device '{s}': {count} CUDA device(s) visible, numbered from 0");
+            }
+            else if (device.type != DeviceType.CPU)
+                throw new ArgumentException($"device '{s}': only cpu and cuda are supported");
+            return s;
+        }
     }
 
     /// <summary>
