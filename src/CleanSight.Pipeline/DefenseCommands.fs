@@ -51,7 +51,7 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
             LlavaSession.Load(args.GetResult CalibrateArgs.Model, adapter = (args.TryGetResult CalibrateArgs.Adapter |> Option.toObj), template = template)
         let d = Calibration.defaultSettings session.Config.Text.NumHiddenLayers
         let seed = args.GetResult(CalibrateArgs.Seed, 0)
-        let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples) items
+        let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples |> Option.map (atLeastOne "--samples")) items
         if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
         let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question, it.Task)
         let request = layerRequest session.Config.Text.NumHiddenLayers (args.TryGetResult CalibrateArgs.Layers)

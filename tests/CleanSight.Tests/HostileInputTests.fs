@@ -831,14 +831,15 @@ let private cliTests =
             Expect.equal (err.Trim()) "error: --max-new-tokens: must be at least 1, got 0" "one line naming the option"
             Expect.equal (out.Trim()) "" "no answer printed"
         }
-        test "calibrate refuses an unknown --feature, an --fpr outside (0, 1) and τ ≤ 0 before measuring anything" {
+        test "calibrate refuses an unknown --feature, an --fpr outside (0, 1), τ ≤ 0 and --samples < 1 before measuring anything" {
             let clean, _, _, _ = evalWorld.Value
             let cases =
                 [ [ "--feature"; "bogus" ], "error: --feature: unknown feature 'bogus' (ratio, log-ratio, visual-share)"
                   [ "--fpr"; "1.5" ], "error: --fpr: a false-positive rate in (0, 1), got 1.5"
                   [ "--fpr"; "0" ], "error: --fpr: a false-positive rate in (0, 1), got 0"
                   [ "--tau"; "-1" ], "error: --tau: must be greater than 0, got -1"
-                  [ "--tau-relative"; "0" ], "error: --tau-relative: must be greater than 0, got 0" ]
+                  [ "--tau-relative"; "0" ], "error: --tau-relative: must be greater than 0, got 0"
+                  [ "--samples"; "-1" ], "error: --samples: must be at least 1, got -1" ]
             for extra, expected in cases do
                 let dir = Fixtures.tempDir ()
                 let out = Path.Combine(dir, "calibration.json")
