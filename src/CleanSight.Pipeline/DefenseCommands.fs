@@ -23,7 +23,8 @@ let choose (seed: int) (n: int option) (items: 'a[]) =
 let calibrate (args: ParseResults<CalibrateArgs>) =
     Progress.run (Progress.mode (args.Contains CalibrateArgs.No_Progress)) "calibrate" (fun progress ->
         let log = progress.Log
-        // every option is checked before the model is loaded and anything is measured
+        // option values are checked before the model is loaded (--layers and --samples, which need the
+        // model or the data, before anything is measured)
         let fpr = args.GetResult(CalibrateArgs.Fpr, 0.01)
         if not (fpr > 0.0 && fpr < 1.0) then raise (InputError("--fpr", $"a false-positive rate in (0, 1), got {fpr}"))
         let feature = checkOption "--feature" (fun () -> Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")))
