@@ -194,6 +194,8 @@ type DemoArgs =
     | Layers of csv: string
     | Pooled_Reference
     | Conditioning of kind: string
+    | Feature of kind: string
+    | Whitening of kind: string
     | World of dir: string
     | No_Progress
     interface IArgParserTemplate with
@@ -206,6 +208,8 @@ type DemoArgs =
             | Layers _ -> "CleanSight's detection layers, 0-indexed, e.g. 0; or fusion: from where each model's clean inputs begin to read the image (default: 3 layers at the paper's relative depth)"
             | Pooled_Reference -> "calibrate one clean reference for every task (default: one per task)"
             | Conditioning _ -> "what each clean reference is conditioned on: none (default, the paper) or prompt-length: each feature's mean and spread as log-linear functions of the prompt text after the image"
+            | Feature _ -> "CleanSight's feature: ratio (default, the paper's), log-ratio or visual-share"
+            | Whitening _ -> "CleanSight's whitening: diagonal (default, the paper's code) or full (Ledoit-Wolf shrinkage)"
             | No_Progress -> "no progress output"
 
 type BenchArgs =

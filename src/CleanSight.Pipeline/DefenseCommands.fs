@@ -30,11 +30,7 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let feature = checkOption "--feature" (fun () -> Calibration.parseFeature (args.GetResult(CalibrateArgs.Feature, "ratio")))
         let conditioning =
             checkOption "--conditioning" (fun () -> Calibration.parseConditioning (args.GetResult(CalibrateArgs.Conditioning, "none")))
-        let whitening =
-            match args.GetResult(CalibrateArgs.Whitening, "diagonal") with
-            | "diagonal" -> Whitening.Diagonal
-            | "full" -> Whitening.Full Whitening.LedoitWolf
-            | w -> raise (InputError("--whitening", $"'{w}' is not diagonal or full"))
+        let whitening = checkOption "--whitening" (fun () -> Calibration.parseWhitening (args.GetResult(CalibrateArgs.Whitening, "diagonal")))
         // τ ≤ 0 would prune every visual token of a flagged input: that is the prune-all baseline, not a τ
         let positive option (value: float) =
             if not (value > 0.0) then raise (InputError(option, $"must be greater than 0, got {value}"))

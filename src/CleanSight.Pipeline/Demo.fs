@@ -47,6 +47,10 @@ type Settings =
       /// each clean reference conditioned on the prompt's length (`Calibration.OnPromptLength`,
       /// `--conditioning prompt-length`); false: unconditioned, as the paper
       PromptLengthReference: bool
+      /// CleanSight's feature and whitening by their `calibrate` names (`Calibration.featureName`,
+      /// `whiteningName`: plain strings for System.Text.Json, as above); default the paper's ratio, diagonal
+      Feature: string
+      Whitening: string
       /// the world's folder (base/ and adapters/), a full path; None: the committed world
       World: string option
       Seed: int }
@@ -54,6 +58,7 @@ type Settings =
 let defaults out =
     { Out = out; Calibration = Materialize.defaultCalibration; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
       SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; LayersByFusion = false; PooledReference = false; PromptLengthReference = false
+      Feature = Calibration.featureName Whitening.Ratio; Whitening = Calibration.whiteningName Whitening.Diagonal
       World = None; Seed = 0 }
 
 /// The `--layers` request the settings hold (as two plain fields: settings.json and the config hash
@@ -171,7 +176,8 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let settings =
         { d with Layers = detectionLayers; LayerRule = layerRule; Seed = s.Seed
                  References = if s.PooledReference then Calibration.Pooled else Calibration.PerTask
-                 Conditioning = if s.PromptLengthReference then Calibration.OnPromptLength else Calibration.Unconditioned }
+                 Conditioning = if s.PromptLengthReference then Calibration.OnPromptLength else Calibration.Unconditioned
+                 Feature = Calibration.parseFeature s.Feature; Whitening = Calibration.parseWhitening s.Whitening }
     // calibration, recording every layer in the same prefills (the clean reference of chart 2)
     let calibration, measured =
         Calibration.calibrateRecording session settings layers samples (Progress.counter p $"{attack.name}: calibrate")
@@ -271,7 +277,9 @@ let private writeReport (s: Settings) (results: AttackResult list) =
           let which = match s.World with None -> "the committed tiny world" | Some dir -> $"the tiny world at {dir}"
           yield Report.Text $"A tiny LLaVA (CLIP-style ViT, 2-layer projector, {Materialize.textLayers world}-layer LLaMA decoder) trained here ({which}); {results.Length} projector-only backdoors; CleanSight against the paper's baselines. Thresholds come from clean data only."
           let listed = String.Join("; ", results |> List.map (fun r -> $"{r.Attack.name} {Calibration.describeLayers r.Calibration.Settings}"))
-          yield Report.Text $"CleanSight's detection layers per backdoored model (and how they were chosen): {listed}. Purification, prune-all and uniform attention run from the last of them."
+          let reference = results.Head.Calibration.Settings
+          let conditioned = if reference.Conditioning = Calibration.OnPromptLength then ", conditioned on the prompt's length" else ""
+          yield Report.Text $"CleanSight's detection layers per backdoored model (and how they were chosen): {listed}. Purification, prune-all and uniform attention run from the last of them. Feature: {Calibration.featureName reference.Feature}; whitening: {Calibration.whiteningName reference.Whitening}{conditioned}."
           yield Report.Heading "1. Attention stealing by layer"
           yield Report.Figure(AttentionStealing.chart attention layers)
           yield Report.Heading "2. Where triggered inputs leave the clean reference: layer × head"

@@ -29,7 +29,13 @@ let main argv =
                              PooledReference = args.Contains DemoArgs.Pooled_Reference; World = given |> Option.map (fun _ -> world)
                              PromptLengthReference =
                                 checkOption "--conditioning" (fun () -> Defense.Calibration.parseConditioning (args.GetResult(DemoArgs.Conditioning, "none")))
-                                    = Defense.Calibration.OnPromptLength }
+                                    = Defense.Calibration.OnPromptLength
+                             Feature =
+                                checkOption "--feature" (fun () -> Defense.Calibration.parseFeature (args.GetResult(DemoArgs.Feature, d.Feature)))
+                                |> Defense.Calibration.featureName
+                             Whitening =
+                                checkOption "--whitening" (fun () -> Defense.Calibration.parseWhitening (args.GetResult(DemoArgs.Whitening, d.Whitening)))
+                                |> Defense.Calibration.whiteningName }
                     |> Demo.withLayerRequest request
             if s.Calibration < 2 then raise (InputError("--calibration", $"calibration needs at least 2 clean samples, got {s.Calibration}"))
             Progress.run (Progress.mode (args.Contains DemoArgs.No_Progress)) "demo" (Demo.run s) |> ignore

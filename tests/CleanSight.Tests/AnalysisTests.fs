@@ -210,6 +210,9 @@ let tests =
             Expect.notEqual (Demo.configHash a) (Demo.configHash { a with Layers = Some [| 0 |] }) "detection layers matter"
             Expect.notEqual (Demo.configHash { a with Layers = Some [| 0 |] }) (Demo.configHash { a with Layers = Some [| 1 |] }) "which layers"
             Expect.notEqual (Demo.configHash a) (Demo.configHash { a with LayersByFusion = true }) "layers placed by clean fusion"
+            Expect.notEqual (Demo.configHash a) (Demo.configHash { a with Feature = "visual-share" }) "the feature"
+            Expect.notEqual (Demo.configHash a) (Demo.configHash { a with Whitening = "full" }) "the whitening"
+            Expect.equal (a.Feature, a.Whitening) ("ratio", "diagonal") "the defaults: the paper's"
             Expect.equal (Demo.configHash a).Length 64 "SHA-256 hex"
         }
         test "the demo's settings hold a --layers request and give it back, whatever they held before" {

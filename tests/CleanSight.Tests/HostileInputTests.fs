@@ -823,6 +823,16 @@ let private cliTests =
                 Expect.equal (err.Trim()) expected $"{device}: one line"
                 Expect.equal (out.Trim()) "" $"{device}: no answer printed"
         }
+        test "demo refuses an unknown --feature or --whitening before writing anything" {
+            for option, value, expected in [ "--feature", "bogus", "error: --feature: unknown feature 'bogus' (ratio, log-ratio, visual-share)"
+                                             "--whitening", "bogus", "error: --whitening: unknown whitening 'bogus' (diagonal, full)" ] do
+                let dir = Fixtures.tempDir ()
+                let out = Path.Combine(dir, "demo")
+                let code, _, err = Fixtures.runCli [ "demo"; "--out"; out; option; value; "--no-progress" ]
+                Expect.equal code 1 $"{option}: exit 1"
+                Expect.equal (err.Trim()) expected $"{option}: one line naming the option"
+                Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{option}: nothing written"
+        }
         test "generate refuses --max-new-tokens below 1" {
             let code, out, err =
                 Fixtures.runCli [ "generate"; "--model"; Fixtures.tinyLlava; "--image"; Path.Combine(Fixtures.tinyLlava, "probe_56.png")

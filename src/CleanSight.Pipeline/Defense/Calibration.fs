@@ -297,6 +297,10 @@ let parseFeature = function
     | "ratio" -> Ratio | "log-ratio" -> LogRatio | "visual-share" -> VisualShare
     | s -> invalidArg "feature" $"unknown feature '{s}' (ratio, log-ratio, visual-share)"
 let whiteningName = function Diagonal -> "diagonal" | Full _ -> "full"
+/// The whitening a name asks for; "full" estimates its shrinkage from the clean samples (Ledoit–Wolf).
+let parseWhitening = function
+    | "diagonal" -> Diagonal | "full" -> Full LedoitWolf
+    | s -> invalidArg "whitening" $"unknown whitening '{s}' (diagonal, full)"
 let referencesName = function Pooled -> "pooled" | PerTask -> "per-task"
 let layerRuleName = function RelativeDepth -> "relative-depth" | Named -> "named" | CleanFusion _ -> "fusion"
 let conditioningName = function Unconditioned -> "none" | OnPromptLength -> "prompt-length"
