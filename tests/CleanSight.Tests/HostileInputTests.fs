@@ -590,6 +590,14 @@ let private evaluateArgs (out: string) (seed: int) =
       "--target"; "you have been hacked lol"; "--defense"; "random-prune,cleansight"; "--limit"; "4"
       "--max-new-tokens"; "4"; "--seed"; string seed; "--out"; out; "--no-progress" ]
 
+/// Runs the CLI with a bad option value: exit 1 and exactly `expected` on stderr (one line naming the
+/// option); returns what it printed on stdout.
+let private refused (case: string) (args: string list) (expected: string) =
+    let code, out, err = Fixtures.runCli args
+    Expect.equal code 1 $"{case}: exit 1"
+    Expect.equal (err.Trim()) expected $"{case}: one line naming the option"
+    out
+
 let private samplesCsv out = Path.Combine(out, "samples.csv")
 let private metricsJson out = Path.Combine(out, "metrics.json")
 
@@ -771,75 +779,54 @@ let private cliTests =
         test "evaluate refuses --limit and --max-new-tokens below 1, writing nothing" {
             for option, value in [ "--limit", "0"; "--limit", "-2"; "--max-new-tokens", "0" ] do
                 let dir = Fixtures.tempDir ()
-                let args = evaluateArgs dir 0 |> List.filter (fun a -> a <> "--no-progress")
-                let code, _, err = Fixtures.runCli (args @ [ option; value; "--no-progress" ])
-                Expect.equal code 1 $"{option} {value}: exit 1"
-                Expect.equal (err.Trim()) $"error: {option}: must be at least 1, got {value}" $"{option} {value}: one line naming the option"
+                refused $"{option} {value}" (evaluateArgs dir 0 @ [ option; value ]) $"error: {option}: must be at least 1, got {value}" |> ignore
                 Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{option} {value}: nothing written"
         }
         test "attack refuses --steps below 1 before training, writing nothing" {
             let dir = Fixtures.tempDir ()
             let out = Path.Combine(dir, "adapter.safetensors")
-            let code, _, err =
-                Fixtures.runCli [ "attack"; "--name"; "badnet"; "--model"; Fixtures.tinyLlava; "--out"; out; "--steps"; "0"; "--no-progress" ]
-            Expect.equal code 1 "exit 1"
-            Expect.equal (err.Trim()) "error: --steps: must be at least 1, got 0" "one line naming the option"
+            refused "--steps 0" [ "attack"; "--name"; "badnet"; "--model"; Fixtures.tinyLlava; "--out"; out; "--steps"; "0"; "--no-progress" ]
+                "error: --steps: must be at least 1, got 0" |> ignore
             Expect.isEmpty (Directory.GetFileSystemEntries dir) "nothing written"
         }
         test "world refuses --calibration and --test below 1, writing nothing" {
             for option in [ "--calibration"; "--test" ] do
                 let dir = Fixtures.tempDir ()
-                let out = Path.Combine(dir, "data")
-                let code, _, err = Fixtures.runCli [ "world"; "--out"; out; option; "0"; "--no-progress" ]
-                Expect.equal code 1 $"{option}: exit 1"
-                Expect.equal (err.Trim()) $"error: {option}: must be at least 1, got 0" $"{option}: one line naming the option"
+                refused option [ "world"; "--out"; Path.Combine(dir, "data"); option; "0"; "--no-progress" ]
+                    $"error: {option}: must be at least 1, got 0" |> ignore
                 Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{option}: nothing written"
         }
         test "evaluate and attack refuse an empty --target, writing nothing" {
             let dir = Fixtures.tempDir ()
             let args = evaluateArgs dir 0 |> List.map (fun a -> if a = "you have been hacked lol" then " " else a)
-            let code, _, err = Fixtures.runCli args
-            Expect.equal code 1 "evaluate: exit 1"
-            Expect.equal (err.Trim()) "error: --target: the target text is empty" "evaluate: one line naming the option"
+            refused "evaluate" args "error: --target: the target text is empty" |> ignore
             Expect.isEmpty (Directory.GetFileSystemEntries dir) "evaluate: nothing written (not even the run's claim)"
             let out = Path.Combine(dir, "adapter.safetensors")
-            let code, _, err =
-                Fixtures.runCli [ "attack"; "--name"; "badnet"; "--model"; Fixtures.tinyLlava; "--out"; out; "--target"; ""; "--no-progress" ]
-            Expect.equal code 1 "attack: exit 1"
-            Expect.equal (err.Trim()) "error: --target: the target text is empty" "attack: one line naming the option"
+            refused "attack" [ "attack"; "--name"; "badnet"; "--model"; Fixtures.tinyLlava; "--out"; out; "--target"; ""; "--no-progress" ]
+                "error: --target: the target text is empty" |> ignore
             Expect.isEmpty (Directory.GetFileSystemEntries dir) "attack: nothing written"
         }
-        test "generate refuses a --device this libtorch cannot use, in one line naming the option" {
+        test "generate refuses a --device this libtorch cannot use, or --max-new-tokens below 1, printing no answer" {
+            let generate extra =
+                [ "generate"; "--model"; Fixtures.tinyLlava; "--image"; Path.Combine(Fixtures.tinyLlava, "probe_56.png")
+                  "--prompt"; "what colour is the circle"; "--max-new-tokens"; "2" ] @ extra
             let cases =
-                [ "bogus", "error: --device: unknown device 'bogus' (expected cpu, cuda or cuda:N)"
-                  "mps", "error: --device: device 'mps': not available on this machine (cpu and cuda are supported)"
+                [ [ "--device"; "bogus" ], "error: --device: unknown device 'bogus' (expected cpu, cuda or cuda:N)"
+                  [ "--device"; "mps" ], "error: --device: device 'mps': not available on this machine (cpu and cuda are supported)"
                   if not (TorchSharp.torch.cuda.is_available ()) then
-                      "cuda", "error: --device: device 'cuda': this libtorch has no CUDA (only the CPU build is installed, or no GPU is visible)" ]
-            for device, expected in cases do
-                let code, out, err =
-                    Fixtures.runCli [ "generate"; "--model"; Fixtures.tinyLlava; "--image"; Path.Combine(Fixtures.tinyLlava, "probe_56.png")
-                                      "--prompt"; "what colour is the circle"; "--max-new-tokens"; "2"; "--device"; device ]
-                Expect.equal code 1 $"{device}: exit 1"
-                Expect.equal (err.Trim()) expected $"{device}: one line"
-                Expect.equal (out.Trim()) "" $"{device}: no answer printed"
+                      [ "--device"; "cuda" ], "error: --device: device 'cuda': this libtorch has no CUDA (only the CPU build is installed, or no GPU is visible)"
+                  [ "--max-new-tokens"; "0" ], "error: --max-new-tokens: must be at least 1, got 0" ]
+            for extra, expected in cases do
+                let case = String.concat " " extra
+                let out = refused case (generate extra) expected
+                Expect.equal (out.Trim()) "" $"{case}: no answer printed"
         }
         test "demo refuses an unknown --feature or --whitening before writing anything" {
-            for option, value, expected in [ "--feature", "bogus", "error: --feature: unknown feature 'bogus' (ratio, log-ratio, visual-share)"
-                                             "--whitening", "bogus", "error: --whitening: unknown whitening 'bogus' (diagonal, full)" ] do
+            for option, expected in [ "--feature", "error: --feature: unknown feature 'bogus' (ratio, log-ratio, visual-share)"
+                                      "--whitening", "error: --whitening: unknown whitening 'bogus' (diagonal, full)" ] do
                 let dir = Fixtures.tempDir ()
-                let out = Path.Combine(dir, "demo")
-                let code, _, err = Fixtures.runCli [ "demo"; "--out"; out; option; value; "--no-progress" ]
-                Expect.equal code 1 $"{option}: exit 1"
-                Expect.equal (err.Trim()) expected $"{option}: one line naming the option"
+                refused option [ "demo"; "--out"; Path.Combine(dir, "demo"); option; "bogus"; "--no-progress" ] expected |> ignore
                 Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{option}: nothing written"
-        }
-        test "generate refuses --max-new-tokens below 1" {
-            let code, out, err =
-                Fixtures.runCli [ "generate"; "--model"; Fixtures.tinyLlava; "--image"; Path.Combine(Fixtures.tinyLlava, "probe_56.png")
-                                  "--prompt"; "what colour is the circle"; "--max-new-tokens"; "0" ]
-            Expect.equal code 1 "exit 1"
-            Expect.equal (err.Trim()) "error: --max-new-tokens: must be at least 1, got 0" "one line naming the option"
-            Expect.equal (out.Trim()) "" "no answer printed"
         }
         test "calibrate refuses an unknown --feature, an --fpr outside (0, 1), τ ≤ 0 and --samples < 1 before measuring anything" {
             let clean, _, _, _ = evalWorld.Value
@@ -853,11 +840,9 @@ let private cliTests =
             for extra, expected in cases do
                 let dir = Fixtures.tempDir ()
                 let out = Path.Combine(dir, "calibration.json")
-                let code, _, err =
-                    Fixtures.runCli ([ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; clean; "--out"; out; "--layers"; "0,1,2"; "--no-progress" ] @ extra)
                 let case = String.concat " " extra
-                Expect.equal code 1 $"{case}: exit 1"
-                Expect.equal (err.Trim()) expected $"{case}: one line naming the option"
+                refused case ([ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; clean; "--out"; out; "--layers"; "0,1,2"; "--no-progress" ] @ extra)
+                    expected |> ignore
                 Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{case}: nothing written"
         }
     ]
