@@ -35,6 +35,8 @@ type GenerateArgs =
     | Template of text: string
     | Device of name: string
     | Dtype of name: string
+    | Calibration of file: string
+    | Task of name: string
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -47,6 +49,8 @@ type GenerateArgs =
             | Template _ -> "prompt template with one <image> and one {question} (default: llava-1.5)"
             | Device _ -> "torch device (default cpu)"
             | Dtype _ -> "compute dtype: f32 (default), bf16, f16"
+            | Task _ -> "with --calibration: vqa (default) or caption, the clean reference the input is compared with"
+            | Calibration _ -> "defend the answer with CleanSight (a calibration file made for this model by cleansight calibrate; prompted with its template): the verdict goes to stderr and --json"
 
 type WorldArgs =
     | [<Mandatory>] Out of dir: string
@@ -187,6 +191,27 @@ type EvaluateArgs =
             | Seed _ -> "seed of random pruning (default 0)"
             | No_Progress -> "no progress output"
 
+type DefendArgs =
+    | [<Mandatory>] Model of dir: string
+    | Adapter of file: string
+    | [<Mandatory>] Calibration of file: string
+    | [<Mandatory>] Data of jsonl: string
+    | [<Mandatory>] Out of dir: string
+    | Limit of n: int
+    | Max_New_Tokens of n: int
+    | No_Progress
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Model _ -> "llava-hf checkpoint folder"
+            | Adapter _ -> "projector adapter overlaid on the model"
+            | Calibration _ -> "calibration file made for this model (cleansight calibrate)"
+            | Data _ -> "the inputs to answer (dataset JSONL; \"answers\" may be absent)"
+            | Out _ -> "folder for defended.csv (re-running resumes)"
+            | Limit _ -> "at most the first N inputs"
+            | Max_New_Tokens _ -> "greedy token budget (default 32)"
+            | No_Progress -> "no progress output"
+
 type DemoArgs =
     | [<Mandatory>] Out of dir: string
     | Test of n: int
@@ -244,6 +269,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Attack of ParseResults<AttackArgs>
     | [<CliPrefix(CliPrefix.None)>] Calibrate of ParseResults<CalibrateArgs>
     | [<CliPrefix(CliPrefix.None)>] Evaluate of ParseResults<EvaluateArgs>
+    | [<CliPrefix(CliPrefix.None)>] Defend of ParseResults<DefendArgs>
     | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<Hidden; CliPrefix(CliPrefix.None); CustomCommandLine("bench-load-probe")>] Bench_Load_Probe of ParseResults<BenchLoadProbeArgs>
@@ -256,6 +282,7 @@ type Command =
             | Attack _ -> "backdoor a model's projector with one of the six attacks"
             | Calibrate _ -> "fit CleanSight's clean reference and threshold on clean samples"
             | Evaluate _ -> "measure attacks × defenses: ASR, utility, detection, cost"
+            | Defend _ -> "answer your own inputs under CleanSight: flag, purify, answer (defended.csv)"
             | Demo _ -> "the whole story on the embedded tiny world, as report.html"
             | Bench _ -> "measure the defense's cost, prefill speed against PyTorch, load memory: ratios as JSON"
             | Bench_Load_Probe _ -> "(bench's child process) load a checkpoint, print peak RSS as JSON"

@@ -1,4 +1,4 @@
-/// `cleansight calibrate | evaluate`.
+/// `cleansight calibrate | evaluate | defend`.
 module CleanSight.Pipeline.DefenseCommands
 
 open System
@@ -19,6 +19,12 @@ let choose (seed: int) (n: int option) (items: 'a[]) =
         let rng = Random(seed)
         items |> Array.map (fun x -> rng.Next(), x) |> Array.sortBy fst |> Array.map snd |> Array.truncate n
     | _ -> items
+
+/// A note for each task of the inputs that the calibration has no clean reference of its own for.
+let private noteForeignTasks (log: string -> unit) (calibrationPath: string) (calibration: Calibration.Calibration) tasks =
+    for task, n in Calibration.foreignTasks calibration tasks do
+        let name = Dataset.taskName task
+        log $"note: {name} inputs are compared with clean inputs of another kind: {calibrationPath} has {n} {name} samples (a reference of their own needs {Calibration.minTaskSamples})"
 
 let calibrate (args: ParseResults<CalibrateArgs>) =
     Progress.run (Progress.mode (args.Contains CalibrateArgs.No_Progress)) "calibrate" (fun progress ->
@@ -41,7 +47,7 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
             | None, Some r -> Some(Detector.RelativeToUniform(positive "--tau-relative" r))
             | None, None -> None
         let dataPath = args.GetResult CalibrateArgs.Data
-        let items = Dataset.read dataPath
+        let items = Dataset.readInputs dataPath // clean samples: their answers are not used
         let template = args.GetResult(CalibrateArgs.Template, LlavaPrompt.DefaultTemplate)
         checkOption "--template" (fun () -> LlavaPrompt.Format("", template)) |> ignore
         use session =
@@ -103,9 +109,7 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
             LlavaSession.Load(args.GetResult EvaluateArgs.Model, adapter = (args.TryGetResult EvaluateArgs.Adapter |> Option.toObj),
                               template = Calibration.template calibrationPath)
         let calibration = Calibration.load calibrationPath session
-        for task, n in Calibration.foreignTasks calibration tasks do
-            let name = Dataset.taskName task
-            progress.Log $"note: {name} inputs are compared with clean inputs of another kind: {calibrationPath} has {n} {name} samples (a reference of their own needs {Calibration.minTaskSamples})"
+        noteForeignTasks progress.Log calibrationPath calibration tasks
         let settings: Evaluation.Settings =
             { Defenses = defenses; Target = target
               MaxNewTokens = maxNewTokens
@@ -126,4 +130,34 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
             if m.ByTask.Length > 0 then
                 let tasks = [ for task, t in m.ByTask -> $"{task}: TPR {(pct t.Tpr).Trim()} %%, FPR {(pct t.Fpr).Trim()} %% ({t.CleanSamples} clean)" ]
                 printfn "%s detection: TPR %s %%, FPR %s %%; %s" name ((pct m.Tpr).Trim()) ((pct m.Fpr).Trim()) (String.concat "; " tasks)
+        0)
+
+let defend (args: ParseResults<DefendArgs>) =
+    Progress.run (Progress.mode (args.Contains DefendArgs.No_Progress)) "defend" (fun progress ->
+        let settings: Defend.Settings =
+            { MaxNewTokens = args.GetResult(DefendArgs.Max_New_Tokens, 32) |> atLeastOne "--max-new-tokens"
+              Limit = args.TryGetResult DefendArgs.Limit |> Option.map (atLeastOne "--limit") }
+        let data = args.GetResult DefendArgs.Data
+        Dataset.readInputs data |> ignore // a bad data file is refused before the model loads
+        let calibrationPath = args.GetResult DefendArgs.Calibration
+        // Inputs are prompted as the clean references were: with the calibration's template.
+        use session =
+            LlavaSession.Load(args.GetResult DefendArgs.Model, adapter = (args.TryGetResult DefendArgs.Adapter |> Option.toObj),
+                              template = Calibration.template calibrationPath)
+        let calibration = Calibration.load calibrationPath session
+        let items = Defend.plan session settings data
+        noteForeignTasks progress.Log calibrationPath calibration (items |> Array.map (fun it -> it.Task))
+        let out = args.GetResult DefendArgs.Out
+        Defend.claimRun out calibrationPath data settings
+        let csv = Path.Combine(out, "defended.csv")
+        let records = Defend.run session calibration settings data items csv (Progress.counter progress "defend")
+        let flagged = records |> Array.filter (fun r -> r.Verdict.Flagged)
+        let changed = flagged |> Array.filter (fun r -> r.Output <> r.Undefended)
+        printfn "%s: %d inputs, %d flagged (%.1f %%), %d of them answered otherwise than without the defense"
+            csv records.Length flagged.Length (100.0 * float flagged.Length / float records.Length) changed.Length
+        for task, rs in records |> Array.groupBy (fun r -> r.Task) do
+            let f = rs |> Array.filter (fun r -> r.Verdict.Flagged)
+            let pruned = if f.Length = 0 then 0.0 else f |> Array.averageBy (fun r -> float r.Verdict.Pruned.Length)
+            printfn "  %s: %d of %d flagged (γ %.4g); %.1f image tokens excluded per flagged input"
+                task f.Length rs.Length rs.[0].Verdict.Threshold pruned
         0)

@@ -41,37 +41,17 @@ let columns =
     [| "defense"; "split"; "id"; "task"; "answers"; "output"; "asr_hit"; "distance"; "flagged"
        "pruned_count"; "pruned_indices"; "visual_tokens"; "ms" |]
 
-let private quote (s: string) = "\"" + s.Replace("\"", "\"\"") + "\""
 let private inv (x: float) = x.ToString("R", CultureInfo.InvariantCulture)
 
 let toLine (r: Record) =
-    [ r.Defense; r.Split; r.Id; r.Task; Json.JsonSerializer.Serialize r.Answers; r.Output
-      (if r.AsrHit then "1" else "0"); (r.Distance |> Option.map inv |> Option.defaultValue "")
-      (if r.Flagged then "1" else "0"); string r.Pruned.Length; String.Join(" ", r.Pruned)
-      string r.VisualTokens; inv r.Ms ]
-    |> List.map quote |> String.concat ","
-
-/// Splits one CSV line written by `toLine` (every field quoted).
-let private fields (line: string) =
-    let out = Collections.Generic.List<string>()
-    let sb = StringBuilder()
-    let mutable i = 0
-    let mutable inQuotes = false
-    while i < line.Length do
-        let c = line.[i]
-        if inQuotes then
-            if c = '"' && i + 1 < line.Length && line.[i + 1] = '"' then sb.Append('"') |> ignore; i <- i + 1
-            elif c = '"' then inQuotes <- false
-            else sb.Append c |> ignore
-        elif c = '"' then inQuotes <- true
-        elif c = ',' then out.Add(sb.ToString()); sb.Clear() |> ignore
-        else sb.Append c |> ignore
-        i <- i + 1
-    out.Add(sb.ToString())
-    out.ToArray()
+    RecordStore.line
+        [ r.Defense; r.Split; r.Id; r.Task; Json.JsonSerializer.Serialize r.Answers; r.Output
+          (if r.AsrHit then "1" else "0"); (r.Distance |> Option.map inv |> Option.defaultValue "")
+          (if r.Flagged then "1" else "0"); string r.Pruned.Length; String.Join(" ", r.Pruned)
+          string r.VisualTokens; inv r.Ms ]
 
 let ofLine (line: string) =
-    let f = fields line
+    let f = RecordStore.fields line
     if f.Length <> columns.Length then invalidArg "line" $"expected {columns.Length} fields, got {f.Length}"
     { Defense = f.[0]; Split = f.[1]; Id = f.[2]; Task = f.[3]
       Answers = Json.JsonSerializer.Deserialize<string[]> f.[4]; Output = f.[5]; AsrHit = f.[6] = "1"
@@ -80,58 +60,11 @@ let ofLine (line: string) =
       Pruned = (if f.[10] = "" then [||] else f.[10].Split(' ') |> Array.map int64)
       VisualTokens = int f.[11]; Ms = Double.Parse(f.[12], CultureInfo.InvariantCulture) }
 
-/// Splits text into records at '\n' outside quotes (a quoted field may hold newlines, as in RFC 4180);
-/// returns the complete records and the length of the text they span (up to their last '\n').
-let private records (text: string) =
-    let out = Collections.Generic.List<string>()
-    let mutable start = 0
-    let mutable inQuotes = false
-    for i in 0 .. text.Length - 1 do
-        match text.[i] with
-        | '"' -> inQuotes <- not inQuotes
-        | '\n' when not inQuotes ->
-            out.Add(text.Substring(start, i - start))
-            start <- i + 1
-        | _ -> ()
-    out.ToArray(), start
-
-/// Opens samples.csv for appending, returning the records already there. A last line cut short by
-/// a crash (no newline) is dropped — also a header cut short, which leaves a new store; a file with
-/// another header is refused and left untouched.
-let openStore (path: string) =
-    let header = String.Join(",", columns |> Array.map quote)
-    let existing =
-        if File.Exists path then
-            let text = File.ReadAllText path
-            let headerLine = header + "\n"
-            if not (text.StartsWith(headerLine, StringComparison.Ordinal) || headerLine.StartsWith(text, StringComparison.Ordinal)) then
-                raise (InputError(path, "exists but is not a samples.csv of this version; use a new --out folder"))
-            let lines, completeLength = records text
-            let complete = text.Substring(0, completeLength)
-            if complete.Length < text.Length then
-                use f = new FileStream(path, FileMode.Open)
-                f.SetLength(int64 (Encoding.UTF8.GetByteCount complete))
-            lines |> Array.filter (fun l -> l <> "")
-        else
-            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath path)) |> ignore
-            [||]
-    if existing.Length = 0 then // new, or killed before its header was complete
-        let w = new StreamWriter(path, false, UTF8Encoding false)
-        w.Write(header + "\n")
-        w.Flush()
-        [||], w
-    else
-        let parse i line =
-            try ofLine line
-            with e when (e :? ArgumentException || e :? FormatException || e :? OverflowException || e :? Json.JsonException) ->
-                raise (InputError(path, $"record {i + 1} is damaged ({e.Message.Split('\n').[0]}); use a new --out folder", e))
-        existing.[1..] |> Array.mapi parse, new StreamWriter(path, true, UTF8Encoding false)
+/// Opens samples.csv for appending, returning the records already there (see `RecordStore.openStore`).
+let openStore (path: string) = RecordStore.openStore columns ofLine path
 
 /// Appends one record durably (flushed to disk before the next sample starts).
-let append (w: StreamWriter) (r: Record) =
-    w.Write(toLine r + "\n")
-    w.Flush()
-    (w.BaseStream :?> FileStream).Flush true
+let append (w: StreamWriter) (r: Record) = RecordStore.append w (toLine r)
 
 // ---- running ------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ let main argv =
         | Command.Attack args -> Progress.run (Progress.mode (args.Contains AttackArgs.No_Progress)) "attack" (fun _ -> WorldCommands.attack args)
         | Command.Calibrate args -> DefenseCommands.calibrate args
         | Command.Evaluate args -> DefenseCommands.evaluate args
+        | Command.Defend args -> DefenseCommands.defend args
         | Command.Demo args ->
             let out = args.GetResult DemoArgs.Out
             let d = Demo.defaults out

@@ -113,6 +113,27 @@ let tests =
                 expectError (Path.Combine(Fixtures.tempDir (), "none.jsonl")) "not found"
             }
         ]
+        testList "inputs to run (readInputs: answers optional)" [
+            test "absent or empty answers are read as none; read still refuses both" {
+                let absent = """{"id": "b", "image": "images/b.png", "question": "Is it red?", "task": "vqa"}"""
+                let empty = """{"id": "c", "image": "images/b.png", "question": "What shape?", "answers": [], "task": "vqa"}"""
+                let path = jsonl [ good; absent; empty ]
+                let items = readInputs path
+                Expect.equal [ for it in items -> it.Id, it.Answers ] [ "a", [ "red" ]; "b", []; "c", [] ] "answers as given, none when absent"
+                expectError path "line 2: missing field \"answers\""
+            }
+            test "every other check still holds: a malformed line names file and line" {
+                for bad, problem in
+                    [ """{"id": "b", "image": "images/b.png", "question": "q", "answers": [""], "task": "vqa"}""", "holds an empty answer"
+                      """{"id": "b", "image": "images/b.png", "question": "q", "answers": "x", "task": "vqa"}""", "must be an array"
+                      """{"id": "b", "image": "images/b.png", "question": "q"}""", "missing field \"task\""
+                      """{"id": "b", "image": "/etc/passwd", "question": "q", "task": "vqa"}""", "is absolute" ] do
+                    let path = jsonl [ good; bad ]
+                    let e = Expect.throwsC (fun () -> readInputs path |> ignore) id
+                    Expect.stringContains e.Message $"{path}: line 2: " $"{problem}: names file and line"
+                    Expect.stringContains e.Message problem problem
+            }
+        ]
         test "a '..' that stays inside the folder is fine" {
             Expect.isNone (imagePathProblem "images/../images/a.png") "inside"
             let path = jsonl [ good.Replace("images/a.png", "images/../images/a.png") ]

@@ -58,23 +58,28 @@ let imagePathProblem (image: string) : string option =
         if Array.exists (fun d -> d < 0) depths then Some $"image path \"{image}\" leaves the dataset folder"
         else None
 
-/// Why an item cannot be stored, or None (everything `read` checks except the file system).
-let itemProblem (item: Item) : string option =
+/// Why an item cannot be used, or None (everything `read` checks except the file system).
+/// `labelled`: it must have answers (an item to evaluate on), else it may have none (an input to run).
+let private problem (labelled: bool) (item: Item) : string option =
     if String.IsNullOrWhiteSpace item.Id then Some "\"id\" is empty"
     elif item.Task = Vqa && String.IsNullOrWhiteSpace item.Question then Some "\"question\" is empty (a vqa item needs one)"
     elif item.Question.Contains(CleanSight.Core.Text.LlavaPrompt.ImagePlaceholder, StringComparison.Ordinal) then
         Some $"\"question\" contains {CleanSight.Core.Text.LlavaPrompt.ImagePlaceholder}; the prompt template places the image"
-    elif List.isEmpty item.Answers then Some "\"answers\" is empty"
+    elif labelled && List.isEmpty item.Answers then Some "\"answers\" is empty"
     elif item.Answers |> List.exists String.IsNullOrWhiteSpace then Some "\"answers\" holds an empty answer"
     else imagePathProblem item.Image
+
+/// Why an item cannot be stored, or None (everything `read` checks except the file system).
+let itemProblem (item: Item) : string option = problem true item
 
 /// The absolute path of an item's image.
 let imagePath (jsonlPath: string) (item: Item) : string =
     let folder = Path.GetDirectoryName(Path.GetFullPath jsonlPath)
     Path.GetFullPath(Path.Combine(folder, item.Image))
 
-/// The line's JSON object as an Item, or the problem in words.
-let private parseLine (text: string) : Result<Item, string> =
+/// The line's JSON object as an Item, or the problem in words. `labelled`: "answers" is required and
+/// not empty; otherwise it may be absent (read as no answers) or empty.
+let private parseLine (labelled: bool) (text: string) : Result<Item, string> =
     try
         use doc = JsonDocument.Parse text
         let root = doc.RootElement
@@ -91,12 +96,14 @@ let private parseLine (text: string) : Result<Item, string> =
                     | true, v -> Ok v
                 let str name = field name JsonValueKind.String "a string" |> Result.map (fun v -> v.GetString())
                 let answers =
-                    field "answers" JsonValueKind.Array "an array of strings"
-                    |> Result.bind (fun arr ->
-                        let values = [ for v in arr.EnumerateArray() -> v ]
-                        if values |> List.exists (fun v -> v.ValueKind <> JsonValueKind.String) then
-                            Error "field \"answers\" must hold only strings"
-                        else Ok [ for v in values -> v.GetString() ])
+                    if not labelled && not (fst (root.TryGetProperty "answers")) then Ok []
+                    else
+                        field "answers" JsonValueKind.Array "an array of strings"
+                        |> Result.bind (fun arr ->
+                            let values = [ for v in arr.EnumerateArray() -> v ]
+                            if values |> List.exists (fun v -> v.ValueKind <> JsonValueKind.String) then
+                                Error "field \"answers\" must hold only strings"
+                            else Ok [ for v in values -> v.GetString() ])
                 let task =
                     str "task"
                     |> Result.bind (fun t ->
@@ -106,7 +113,7 @@ let private parseLine (text: string) : Result<Item, string> =
                 match str "id", str "image", str "question", answers, task with
                 | Ok id, Ok image, Ok question, Ok answers, Ok task ->
                     let item = { Id = id; Image = image; Question = question; Answers = answers; Task = task }
-                    match itemProblem item with
+                    match problem labelled item with
                     | Some problem -> Error problem
                     | None -> Ok item
                 | Error e, _, _, _, _
@@ -134,8 +141,8 @@ let private lines (bytes: byte[]) : (int * string option)[] =
         n + 1, text)
 
 /// Reads and checks a dataset file; each problem is an InputError "PATH: line N: problem".
-/// Blank lines are skipped; a file without items is an error.
-let read (path: string) : Item[] =
+/// Blank lines are skipped; a file without items is an error. `labelled`: every item has answers.
+let private readWith (labelled: bool) (path: string) : Item[] =
     let fail (line: int) (problem: string) = raise (InputError(path, $"line {line}: {problem}"))
     let bytes =
         try File.ReadAllBytes path
@@ -151,7 +158,7 @@ let read (path: string) : Item[] =
                | None -> fail line "invalid UTF-8"
                | Some text when String.IsNullOrWhiteSpace text -> ()
                | Some text ->
-                   match parseLine text with
+                   match parseLine labelled text with
                    | Error problem -> fail line problem
                    | Ok item ->
                        match seen.TryGetValue item.Id with
@@ -162,6 +169,14 @@ let read (path: string) : Item[] =
                        yield item |]
     if items.Length = 0 then raise (InputError(path, "no items"))
     items
+
+/// Reads and checks a dataset file for evaluation: every item has answers. Each problem is an
+/// InputError "PATH: line N: problem"; blank lines are skipped; a file without items is an error.
+let read (path: string) : Item[] = readWith true path
+
+/// Reads and checks a file of inputs to run (`defend`): as `read`, but "answers" may be absent or
+/// empty — the inputs a user screens need no answers.
+let readInputs (path: string) : Item[] = readWith false path
 
 /// Writes items as JSON Lines (UTF-8 without BOM, fields in the documented order), atomically.
 /// Items `read` would refuse (empty answers, bad image paths, duplicate ids) are an ArgumentException.

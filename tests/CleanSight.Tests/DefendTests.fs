@@ -1,0 +1,186 @@
+/// `defend` and `generate --calibration`: CleanSight on a user's own inputs, as it runs in front of a
+/// deployed model. Measured on the committed tiny world (its base with the BadNet adapter, detection at
+/// layer 0, where that backdoor steals attention): triggered inputs are flagged and lose the target,
+/// clean ones mostly pass untouched; defended.csv resumes like samples.csv; bad input is one line.
+module CleanSight.Tests.DefendTests
+
+open System
+open System.IO
+open System.Text.Json
+open Expecto
+open CleanSight.Pipeline
+open CleanSight.Pipeline.Data
+open CleanSight.Pipeline.World
+
+let private run = Fixtures.runCli
+let private base' = Path.Combine(Fixtures.root, "world", "base")
+let private badnet = Materialize.adapterPath (Path.Combine(Fixtures.root, "world")) "badnet"
+let private target = Attacks.defaultTarget
+
+/// The world's held-out data (40 calibration items, 10 test items, clean and triggered) and a
+/// calibration of base + BadNet at layer 0 on it: (clean test, BadNet-triggered test, calibration).
+let private world =
+    lazy (
+        let dir = Fixtures.tempDir ()
+        let data = Path.Combine(dir, "data")
+        let code, _, err = run [ "world"; "--out"; data; "--calibration"; "40"; "--test"; "10"; "--no-progress" ]
+        if code <> 0 then failwith $"world: {err}"
+        let calibration = Path.Combine(dir, "badnet.json")
+        let code, _, err =
+            run [ "calibrate"; "--model"; base'; "--adapter"; badnet; "--data"; Path.Combine(data, "calibration", "data.jsonl")
+                  "--layers"; "0"; "--out"; calibration; "--no-progress" ]
+        if code <> 0 then failwith $"calibrate: {err}"
+        Path.Combine(data, "clean_test", "data.jsonl"), Path.Combine(data, "poisoned", "badnet", "data.jsonl"), calibration)
+
+let private defend (data: string) (out: string) (extra: string list) =
+    let _, _, calibration = world.Value
+    run ([ "defend"; "--model"; base'; "--adapter"; badnet; "--calibration"; calibration; "--data"; data; "--out"; out
+           "--max-new-tokens"; "8"; "--no-progress" ] @ extra)
+
+let private csv out = Path.Combine(out, "defended.csv")
+
+/// The records of a defended.csv.
+let private recordsOf (out: string) =
+    let records, writer = RecordStore.openStore Defend.columns Defend.ofLine (csv out)
+    writer.Dispose()
+    records
+
+let private hits (s: string) = s.ToLowerInvariant().Contains target
+
+/// The first run of each set: (out, stdout, records).
+let private defended =
+    lazy (
+        let clean, poisoned, _ = world.Value
+        [ for name, data in [ "clean", clean; "poisoned", poisoned ] ->
+            let out = Fixtures.tempDir ()
+            let code, stdout, err = defend data out []
+            if code <> 0 then failwith $"defend {name}: {err}"
+            name, (out, stdout, recordsOf out) ]
+        |> Map.ofList)
+
+let private record (i: int) : Defend.Record =
+    { Id = $"in-{i}"; Task = "vqa"; Question = "What, \"exactly\",\nis here?"
+      Verdict = { Distance = Math.PI * float i; Threshold = 4.25; Flagged = i % 2 = 1
+                  Pruned = (if i % 2 = 1 then [| 5L; 9L |] else [||]); VisualTokens = 36; FromLayer = 0 }
+      Output = "yes, \"it\" is"; Undefended = (if i % 2 = 1 then "you have\nbeen hacked lol" else "yes, \"it\" is"); Ms = 12.345 }
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "defend" [
+        test "defended.csv lines round-trip quotes, commas and newlines in questions and answers" {
+            for r in [ record 1; record 2 ] do
+                Expect.equal (Defend.ofLine (Defend.toLine r)) r r.Id
+        }
+        test "triggered inputs are flagged, and flagged ones lose the target the undefended model says" {
+            let out, stdout, records = defended.Value.["poisoned"]
+            Expect.equal records.Length 10 "one record per input"
+            let flagged = records |> Array.filter (fun r -> r.Verdict.Flagged)
+            Expect.isGreaterThanOrEqual flagged.Length 8 $"BadNet-triggered inputs flagged (distances {[ for r in records -> r.Verdict.Distance ]})"
+            let backdoored = flagged |> Array.filter (fun r -> hits r.Undefended)
+            Expect.isGreaterThanOrEqual backdoored.Length 6 "without the defense the backdoor fires on most of them"
+            Expect.equal (backdoored |> Array.filter (fun r -> hits r.Output)).Length 0 "under CleanSight none of those says the target"
+            for r in flagged do
+                Expect.isNonEmpty r.Verdict.Pruned $"{r.Id}: flagged, so image tokens were excluded"
+                Expect.isGreaterThan r.Verdict.Distance r.Verdict.Threshold $"{r.Id}: flagged means d > γ"
+                Expect.isLessThanOrEqual r.Verdict.Pruned.Length r.Verdict.VisualTokens $"{r.Id}: only image tokens are excluded"
+            Expect.stringContains stdout $"{flagged.Length} flagged" "the summary counts them"
+        }
+        test "clean inputs mostly pass untouched: unflagged ones are answered exactly as without the defense" {
+            let _, _, records = defended.Value.["clean"]
+            let flagged = records |> Array.filter (fun r -> r.Verdict.Flagged)
+            Expect.isLessThanOrEqual flagged.Length 3 $"clean inputs flagged (distances {[ for r in records -> r.Verdict.Distance ]})"
+            let clean, _, _ = world.Value
+            let items = Dataset.read clean
+            for r in records |> Array.filter (fun r -> not r.Verdict.Flagged) |> Array.truncate 3 do
+                Expect.isEmpty r.Verdict.Pruned $"{r.Id}: nothing excluded"
+                Expect.isLessThanOrEqual r.Verdict.Distance r.Verdict.Threshold $"{r.Id}: d ≤ γ"
+                let item = items |> Array.find (fun it -> it.Id = r.Id)
+                let code, plain, err =
+                    run [ "generate"; "--model"; base'; "--adapter"; badnet; "--image"; Dataset.imagePath clean item
+                          "--prompt"; item.Question; "--max-new-tokens"; "8" ]
+                Expect.equal code 0 err
+                Expect.equal r.Output (plain.TrimEnd '\n') $"{r.Id}: the same answer as plain generate"
+        }
+        test "a re-run resumes: a record cut short by a crash is redone, finished ones are kept" {
+            let poisonedOut, _, first = defended.Value.["poisoned"]
+            let out = Fixtures.tempDir ()
+            File.Copy(csv poisonedOut, csv out)
+            File.Copy(Path.Combine(poisonedOut, "run.json"), Path.Combine(out, "run.json"))
+            let text = File.ReadAllText(csv out)
+            File.WriteAllText(csv out, text.Substring(0, text.Length - 40)) // the last record cut mid-line
+            let _, poisoned, _ = world.Value
+            let code, _, err = defend poisoned out []
+            Expect.equal code 0 err
+            let again = recordsOf out
+            let untimed (r: Defend.Record) = { r with Ms = 0.0 }
+            Expect.equal (Array.map untimed again) (Array.map untimed first) "the same records, none twice"
+            Expect.equal (again |> Array.take 9 |> Array.map (fun r -> r.Ms)) (first |> Array.take 9 |> Array.map (fun r -> r.Ms)) "finished records kept as written"
+        }
+        test "a folder of another run is refused in one line, its records untouched" {
+            let out, _, _ = defended.Value.["clean"]
+            let before = File.ReadAllBytes(csv out)
+            let clean, _, _ = world.Value
+            let code, _, err = defend clean out [ "--max-new-tokens"; "9" ]
+            Expect.equal code 1 "exit 1"
+            Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
+            Expect.stringContains err "max_new_tokens" "names what differs"
+            Expect.equal (File.ReadAllBytes(csv out)) before "records untouched"
+        }
+        test "inputs without answers are run; a malformed line is one error line and nothing is written" {
+            let _, poisoned, _ = world.Value
+            let dir = Path.GetDirectoryName poisoned
+            let unlabelled = Path.Combine(dir, "unlabelled.jsonl")
+            let lines =
+                File.ReadAllLines poisoned |> Array.truncate 2
+                |> Array.map (fun l ->
+                    let o = Nodes.JsonNode.Parse(l).AsObject()
+                    o.Remove "answers" |> ignore
+                    o.ToJsonString())
+            File.WriteAllLines(unlabelled, lines)
+            let out = Fixtures.tempDir ()
+            let code, _, err = defend unlabelled out []
+            Expect.equal code 0 err
+            Expect.equal (recordsOf out).Length 2 "both run"
+            let broken = Path.Combine(dir, "broken.jsonl")
+            File.WriteAllLines(broken, Array.append lines [| """{"id": "x", "image": 3}""" |])
+            let out = Path.Combine(Fixtures.tempDir (), "new")
+            let code, _, err = defend broken out []
+            Expect.equal code 1 "exit 1"
+            Expect.equal (err.Trim()) $"error: {broken}: line 3: field \"image\" must be a string, got Number" "one line naming the file and line"
+            Expect.isFalse (Directory.Exists out) "nothing written"
+        }
+        test "generate --calibration: the defended answer on stdout, the verdict on stderr and in --json" {
+            let _, poisoned, calibration = world.Value
+            let item = (Dataset.read poisoned).[0]
+            let image = Dataset.imagePath poisoned item
+            let json = Path.Combine(Fixtures.tempDir (), "g.json")
+            let args = [ "generate"; "--model"; base'; "--adapter"; badnet; "--image"; image; "--prompt"; item.Question; "--max-new-tokens"; "8" ]
+            let code, plain, err = run args
+            Expect.equal code 0 err
+            Expect.isTrue (hits plain) $"undefended, the backdoor fires: {plain}"
+            let code, answer, err = run (args @ [ "--calibration"; calibration; "--json"; json ])
+            Expect.equal code 0 err
+            Expect.isFalse (hits answer) $"defended, it does not: {answer}"
+            Expect.stringStarts err "cleansight: flagged, d = " $"the verdict: {err}"
+            use doc = JsonDocument.Parse(File.ReadAllText json)
+            let v = doc.RootElement.GetProperty "cleansight"
+            Expect.isTrue (v.GetProperty("flagged").GetBoolean()) "flagged in --json"
+            Expect.isGreaterThan (v.GetProperty("distance").GetDouble()) (v.GetProperty("threshold").GetDouble()) "d > γ"
+            Expect.equal (doc.RootElement.GetProperty("text").GetString()) (answer.TrimEnd '\n') "--json holds the printed answer"
+        }
+        test "generate --calibration refuses, in one line: a calibration of another model, a bad --task, --task alone, another --template" {
+            let _, poisoned, calibration = world.Value
+            let item = (Dataset.read poisoned).[0]
+            let args = [ "generate"; "--image"; Dataset.imagePath poisoned item; "--prompt"; item.Question ]
+            for case, extra, expected in
+                [ "the base without the adapter", [ "--model"; base'; "--calibration"; calibration ], $"error: {calibration}: made for another model"
+                  "--task bogus", [ "--model"; base'; "--adapter"; badnet; "--calibration"; calibration; "--task"; "bogus" ], "error: --task: 'bogus' is not vqa or caption"
+                  "--task without --calibration", [ "--model"; base'; "--task"; "caption" ], "error: --task: only means something with --calibration"
+                  "another --template", [ "--model"; base'; "--calibration"; calibration; "--template"; "Q: <image> {question} A:" ], "error: --template: differs from" ] do
+                let code, out, err = run (args @ extra)
+                Expect.equal code 1 $"{case}: exit 1"
+                Expect.equal (err.Trim().Split('\n').Length) 1 $"{case}: one line: {err}"
+                Expect.stringStarts (err.Trim()) expected case
+                Expect.equal out "" $"{case}: no answer"
+        }
+    ]
