@@ -99,10 +99,9 @@ let ofLine (line: string) =
 
 type Settings = { MaxNewTokens: int; Limit: int option }
 
-/// The inputs of `data` to run (after --limit), every prompt checked to fit the context with the
-/// answer — refused before anything is written.
-let plan (session: LlavaSession) (settings: Settings) (data: string) =
-    let items = Dataset.readInputs data
+/// The inputs of `data` (its `items`) to run, after --limit, every prompt checked to fit the context
+/// with the answer — refused before anything is written.
+let plan (session: LlavaSession) (settings: Settings) (data: string) (items: Dataset.Item[]) =
     let items = match settings.Limit with Some n -> Array.truncate n items | None -> items
     for item in items do
         match session.ContextProblem(session.Prompt(item.Question).InputIds.Length, settings.MaxNewTokens) with

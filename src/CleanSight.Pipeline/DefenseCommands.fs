@@ -138,14 +138,14 @@ let defend (args: ParseResults<DefendArgs>) =
             { MaxNewTokens = args.GetResult(DefendArgs.Max_New_Tokens, 32) |> atLeastOne "--max-new-tokens"
               Limit = args.TryGetResult DefendArgs.Limit |> Option.map (atLeastOne "--limit") }
         let data = args.GetResult DefendArgs.Data
-        Dataset.readInputs data |> ignore // a bad data file is refused before the model loads
+        let items = Dataset.readInputs data // a bad data file is refused before the model loads
         let calibrationPath = args.GetResult DefendArgs.Calibration
         // Inputs are prompted as the clean references were: with the calibration's template.
         use session =
             LlavaSession.Load(args.GetResult DefendArgs.Model, adapter = (args.TryGetResult DefendArgs.Adapter |> Option.toObj),
                               template = Calibration.template calibrationPath)
         let calibration = Calibration.load calibrationPath session
-        let items = Defend.plan session settings data
+        let items = Defend.plan session settings data items
         noteForeignTasks progress.Log calibrationPath calibration (items |> Array.map (fun it -> it.Task))
         let out = args.GetResult DefendArgs.Out
         Defend.claimRun out calibrationPath data settings
