@@ -29,7 +29,7 @@ let private captionLine (model: CleanSight.Core.Model.LlavaForConditionalGenerat
         |> Array.map (fun (prompt, c) -> $"\"{prompt}\" {c:F2}") |> String.concat ", "
     $"held-out caption CIDEr-D on {images} clean-test images: {parts}"
 
-/// The base recipe with train-base's overrides (seed, steps, decoder depth, heads and width, conversation turns, decoder batch
+/// The base recipe with train-base's overrides (seed, steps, ViT patch size, decoder depth, heads and width, conversation turns, decoder batch
 /// and learning rate, projector parametrisation, LLaVA's text pre-training and alignment stages).
 let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let d = BaseModel.defaults
@@ -43,11 +43,14 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let heads = args.GetResult(TrainBaseArgs.Text_Heads, d.Sizes.TextHeads)
     if heads < 1 || hidden % heads <> 0 || (hidden / heads) % 2 <> 0 then
         raise (InputError("--text-heads", $"{heads} heads do not split the decoder width {hidden} into even head sizes (RoPE rotates pairs)"))
+    let patch = args.GetResult(TrainBaseArgs.Patch_Size, d.Sizes.PatchSize)
+    if patch < 1 || d.Sizes.ImageSize % patch <> 0 then
+        raise (InputError("--patch-size", $"{patch} does not divide the image side {d.Sizes.ImageSize}"))
     let layers = args.GetResult(TrainBaseArgs.Text_Layers, d.Sizes.TextLayers)
     if layers < 1 then raise (InputError("--text-layers", $"must be at least 1, got {layers}"))
     { d with
         Seed = int64 (args.GetResult(TrainBaseArgs.Seed, int d.Seed))
-        Sizes = { d.Sizes with TextLayers = layers; TextHeads = heads; TextKvHeads = heads; TextHidden = hidden; TextMlp = mlp }
+        Sizes = { d.Sizes with PatchSize = patch; TextLayers = layers; TextHeads = heads; TextKvHeads = heads; TextHidden = hidden; TextMlp = mlp }
         Vision = { d.Vision with Steps = atLeastOne "--vision-steps" (args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps)) }
         ProjectorCoordinates = if args.Contains TrainBaseArgs.Whiten_Projector then WhitenedProjector.Whitened else d.ProjectorCoordinates
         Turns = atLeastOne "--turns" (args.GetResult(TrainBaseArgs.Turns, d.Turns))

@@ -397,6 +397,14 @@ let tests =
                 Expect.equal { r with Seed = BaseModel.defaults.Seed } BaseModel.defaults "nothing else moves"
                 Expect.equal (parse [| "--out"; "x" |]).Seed 7L "the committed base's seed"
             }
+            test "--patch-size sets the ViT's patch (16: 9 image tokens); one that does not divide the 48-pixel side is refused, naming the option" {
+                let r = parse [| "--out"; "x"; "--patch-size"; "16" |]
+                Expect.equal r { BaseModel.defaults with Sizes = { BaseModel.defaults.Sizes with PatchSize = 16 } } "only the patch moves"
+                let cfg = TinyLlava.config r.Sizes
+                Expect.equal (cfg.Vision.PatchSize, cfg.Vision.PatchesPerSide * cfg.Vision.PatchesPerSide) (16, 9) "the config the checkpoint gets: 9 patches"
+                for bad in [ "7"; "0" ] do
+                    Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--patch-size"; bad |])) "--patch-size" $"{bad} refused"
+            }
             test "heads that do not divide the width are refused, naming the option" {
                 let e = Expect.throwsC (fun () -> parse [| "--out"; "x"; "--text-heads"; "3" |] |> ignore) id
                 Expect.stringContains e.Message "--text-heads" "names the option"
