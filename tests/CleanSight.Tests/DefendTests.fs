@@ -149,6 +149,34 @@ let tests =
             Expect.equal (err.Trim()) $"error: {broken}: line 3: field \"image\" must be a string, got Number" "one line naming the file and line"
             Expect.isFalse (Directory.Exists out) "nothing written"
         }
+        test "an undecodable image is one error line naming it; the inputs before it stay written, the run resumes once it is fixed" {
+            let _, poisoned, _ = world.Value
+            let dir = Path.Combine(Fixtures.tempDir (), "data")
+            Directory.CreateDirectory dir |> ignore
+            let items = File.ReadAllLines poisoned |> Array.truncate 3 |> Array.map (fun l -> Nodes.JsonNode.Parse(l).AsObject())
+            let source = Path.GetDirectoryName poisoned
+            for i, o in Array.indexed items do
+                let image = Path.Combine(dir, $"{i}.png")
+                File.Copy(Path.Combine(source, o.["image"].GetValue<string>()), image)
+                o.["image"] <- Nodes.JsonValue.Create $"{i}.png"
+            let data = Path.Combine(dir, "inputs.jsonl")
+            File.WriteAllLines(data, items |> Array.map (fun o -> o.ToJsonString()))
+            let second = Path.Combine(dir, "1.png")
+            let good = File.ReadAllBytes second
+            File.WriteAllBytes(second, Array.init 500 (fun i -> byte (i * 31 % 251)))
+            let out = Fixtures.tempDir ()
+            let code, _, err = defend data out []
+            Expect.equal code 1 "exit 1"
+            let lines = err.Trim().Split('\n')
+            Expect.equal lines.Length 1 $"one line: {err}"
+            Expect.stringStarts lines.[0] "error: " "an error line"
+            Expect.stringContains lines.[0] second "names the image"
+            Expect.equal ((recordsOf out) |> Array.map (fun r -> r.Id)) [| items.[0].["id"].GetValue<string>() |] "the first input written, nothing of the second"
+            File.WriteAllBytes(second, good)
+            let code, _, err = defend data out []
+            Expect.equal code 0 err
+            Expect.equal ((recordsOf out) |> Array.map (fun r -> r.Id)) (items |> Array.map (fun o -> o.["id"].GetValue<string>())) "resumed: all three"
+        }
         test "generate --calibration: the defended answer on stdout, the verdict on stderr and in --json" {
             let _, poisoned, calibration = world.Value
             let item = (Dataset.read poisoned).[0]
