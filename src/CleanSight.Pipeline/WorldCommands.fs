@@ -46,11 +46,17 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let patch = args.GetResult(TrainBaseArgs.Patch_Size, d.Sizes.PatchSize)
     if patch < 1 || d.Sizes.ImageSize % patch <> 0 then
         raise (InputError("--patch-size", $"{patch} does not divide the image side {d.Sizes.ImageSize}"))
+    let generalText =
+        match args.TryGetResult TrainBaseArgs.General_Text with
+        | None | Some "everyday" -> GeneralText.Everyday
+        | Some "with-scene-words" -> GeneralText.WithSceneWords
+        | Some other -> raise (InputError("--general-text", $"'{other}' is not everyday or with-scene-words"))
     let layers = args.GetResult(TrainBaseArgs.Text_Layers, d.Sizes.TextLayers)
     if layers < 1 then raise (InputError("--text-layers", $"must be at least 1, got {layers}"))
     { d with
         Seed = int64 (args.GetResult(TrainBaseArgs.Seed, int d.Seed))
         Sizes = { d.Sizes with PatchSize = patch; TextLayers = layers; TextHeads = heads; TextKvHeads = heads; TextHidden = hidden; TextMlp = mlp }
+        GeneralText = generalText
         Vision = { d.Vision with Steps = atLeastOne "--vision-steps" (args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps)) }
         ProjectorCoordinates = if args.Contains TrainBaseArgs.Whiten_Projector then WhitenedProjector.Whitened else d.ProjectorCoordinates
         Turns = atLeastOne "--turns" (args.GetResult(TrainBaseArgs.Turns, d.Turns))

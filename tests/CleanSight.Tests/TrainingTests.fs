@@ -405,6 +405,11 @@ let tests =
                 for bad in [ "7"; "0" ] do
                     Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--patch-size"; bad |])) "--patch-size" $"{bad} refused"
             }
+            test "--general-text chooses the decoder's general text; an unknown one is refused, naming the option" {
+                Expect.equal (parse [| "--out"; "x"; "--general-text"; "with-scene-words" |]) { BaseModel.defaults with GeneralText = GeneralText.WithSceneWords } "only the corpus moves"
+                Expect.equal (parse [| "--out"; "x"; "--general-text"; "everyday" |]) BaseModel.defaults "everyday: the committed recipe"
+                Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--general-text"; "shakespeare" |])) "--general-text" "refused"
+            }
             test "heads that do not divide the width are refused, naming the option" {
                 let e = Expect.throwsC (fun () -> parse [| "--out"; "x"; "--text-heads"; "3" |] |> ignore) id
                 Expect.stringContains e.Message "--text-heads" "names the option"
@@ -427,6 +432,8 @@ let tests =
             Expect.notEqual (other { BaseModel.defaults with Decoder = { BaseModel.defaults.Decoder with PeakLr = 1e-3 } }) d "another decoder LR"
             Expect.notEqual (other { BaseModel.defaults with TextPretrain = { BaseModel.defaults.TextPretrain with Steps = 0 } }) d "no text pre-training"
             Expect.notEqual (other { BaseModel.defaults with PatchLabelling = Scenes.ByCell }) d "another labelling"
+            Expect.equal (other { BaseModel.defaults with GeneralText = GeneralText.WithSceneWords }).["general_text"] "WithSceneWords" "another general text"
+            Expect.isFalse (d.ContainsKey "general_text") "the committed corpus is the header without the field (it predates the choice)"
             Expect.equal d.["decoder_peak_lr"] "0.0005" "numbers as invariant round-trip text"
         }
         test "each committed adapter was made by its attack as Attacks.all defines it (target, trigger and its parameters, rate, steps)" {

@@ -45,6 +45,8 @@ type Recipe =
       /// (0 steps = skipped)
       Align: Training.Schedule
       Decoder: Training.Schedule
+      /// the general text of stages (2) and (4)
+      GeneralText: GeneralText.Corpus
       /// every n-th decoder step trains on general text instead of image questions
       TextEvery: int
       TextSentences: int
@@ -63,6 +65,7 @@ let defaults =
       TextPretrain = { Steps = 2000; PeakLr = 1e-3; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 3L }
       Align = { Steps = 600; PeakLr = 1e-3; WarmupSteps = 30; WeightDecay = 0.0; BatchSize = 48; Seed = 4L }
       Decoder = { Steps = 2200; PeakLr = 5e-4; WarmupSteps = 60; WeightDecay = 0.01; BatchSize = 48; Seed = 2L }
+      GeneralText = GeneralText.Everyday
       TextEvery = 6
       TextSentences = 20000
       CaptionShare = 0.15 }
@@ -86,6 +89,8 @@ let metadata (r: Recipe) =
       "text_every", string r.TextEvery
       "text_sentences", string r.TextSentences
       "caption_share", num r.CaptionShare ]
+    // recorded when not the committed corpus (the committed base's header predates the choice)
+    @ (match r.GeneralText with GeneralText.Everyday -> [] | c -> [ "general_text", sprintf "%A" c ])
     @ schedule "vision" r.Vision @ schedule "text_pretrain" r.TextPretrain @ schedule "align" r.Align @ schedule "decoder" r.Decoder
 
 /// The tiny world's image processor (CLIP normalisation at the tiny size).
@@ -192,7 +197,7 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
     pretrainVision recipe model (report "vision" recipe.Vision 25) |> ignore
 
     let tok = LlavaTokenizer.Load(tokenizerDir, cfg.ImageTokenIndex)
-    let textData = GeneralText.corpus (int recipe.Seed) recipe.TextSentences |> Array.map (fun s -> Training.text (tok.Encode(s, true)))
+    let textData = GeneralText.corpusOf recipe.GeneralText (int recipe.Seed) recipe.TextSentences |> Array.map (fun s -> Training.text (tok.Encode(s, true)))
     let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
 
     // (2) as LLaVA's language model comes: the decoder alone on general text

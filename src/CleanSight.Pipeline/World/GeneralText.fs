@@ -53,3 +53,46 @@ let sentence (seed: int) (index: int) =
 
 /// The corpus: `count` sentences.
 let corpus (seed: int) (count: int) = Array.init count (sentence seed)
+
+// ---- the scenes' words in everyday sentences ----------------------------------------------------------
+
+let private nouns = [| "car"; "ball"; "kite"; "hat"; "cup"; "door"; "flag"; "book" |]
+let private surfaces = [| "shelf"; "page"; "wall"; "table" |]
+let private sizes = [| "small"; "large" |]
+let private positions = Scenes.positionNames |> Array.filter ((<>) "center")
+let private corners = [| "top left"; "top right"; "bottom left"; "bottom right" |]
+let private shapePlural (shape: string) = if shape = "cross" then "crosses" else shape + "s"
+let private anArticle (word: string) = (if "aeiou".Contains word.[0] then "an " else "a ") + word
+
+/// One everyday sentence that uses the scenes' colour, shape, size, position and count words about
+/// other things, deterministic in (seed, index). No count word follows "have" (see `objects`).
+let sceneWordSentence (seed: int) (index: int) =
+    let state = ref (mix (uint64 seed * 2_000_003UL + uint64 index + 0x5CE7E5UL))
+    let p = pick state
+    let colour () = p Scenes.colourNames
+    match int (mix (state.Value + 11UL) % 10UL) with
+    | 0 -> $"the {colour ()} {p nouns} is at the {p positions} of the {p surfaces}."
+    | 1 -> $"she drew {anArticle (p sizes)} {colour ()} {p Scenes.shapeNames} on the board."
+    | 2 -> $"there are {p Scenes.countNames.[1..]} {colour ()} {p nouns}s in the box."
+    | 3 -> let c = colour () in $"my {p nouns} is {c}, not {p (Scenes.colourNames |> Array.filter ((<>) c))}."
+    | 4 -> $"the sign shows {anArticle (colour ())} {p Scenes.shapeNames} on a grey background."
+    | 5 -> $"the {p sizes} {p nouns} is {colour ()}."
+    | 6 -> $"what color is the {p nouns}? it is {colour ()}."
+    | 7 -> let size = p sizes in $"is the {p nouns} small or large? it is {size}."
+    | 8 -> $"i can see {p Scenes.countNames.[1..]} {shapePlural (p Scenes.shapeNames)} on the {p surfaces}."
+    | _ -> $"the {colour ()} {p Scenes.shapeNames} is in the {p corners} corner of the {p surfaces}."
+
+/// Which general text the decoder learns language from (LLaVA's LLM comes pre-trained on text).
+type Corpus =
+    /// everyday sentences that use the target's words among others (the committed base's)
+    | Everyday
+    /// every other sentence from `Everyday`, the rest everyday sentences that use the scenes' words
+    /// (`sceneWordSentence`): a pre-trained LLM knows "red" and "circle" before it sees an image, and
+    /// LLaVA's alignment stage maps image features onto words its decoder already knows
+    | WithSceneWords
+
+/// `count` sentences of the corpus `kind`.
+let corpusOf (kind: Corpus) (seed: int) (count: int) =
+    match kind with
+    | Everyday -> corpus seed count
+    | WithSceneWords -> Array.init count (fun i -> if i % 2 = 0 then sentence seed (i / 2) else sceneWordSentence seed (i / 2))
