@@ -29,7 +29,7 @@ let private captionLine (model: CleanSight.Core.Model.LlavaForConditionalGenerat
         |> Array.map (fun (prompt, c) -> $"\"{prompt}\" {c:F2}") |> String.concat ", "
     $"held-out caption CIDEr-D on {images} clean-test images: {parts}"
 
-/// The base recipe with train-base's overrides (seed, steps, ViT patch size, decoder depth, heads and width, conversation turns, decoder batch
+/// The base recipe with train-base's overrides (seed, steps, ViT patch size, decoder depth, heads and width, general text, conversation turns, decoder batch
 /// and learning rate, projector parametrisation, LLaVA's text pre-training and alignment stages).
 let recipeOf (args: ParseResults<TrainBaseArgs>) =
     let d = BaseModel.defaults
