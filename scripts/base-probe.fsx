@@ -4,7 +4,9 @@
 // 2. linear probes (standardised features, 900 one-object scenes to fit, 300 to test) of the object's
 //    shape and colour from the ViT's features and from the projector's output, each averaged over the
 //    patches the object covers: what the decoder *could* read;
-// 3. the colour answers for lone objects ("What color is the object …?"), truth × answer.
+// 3. the colour answers for lone objects ("What color is the object …?"), truth × answer;
+// 4. "is there …?" questions by what they name (a shape, a colour, both), truth × answer: whether the
+//    decoder matches the question's words against the image at all.
 #load "load.fsx"
 
 open System
@@ -74,3 +76,20 @@ for scene in lone |> Array.truncate 150 |> Array.map (Scenes.generate probeSeed)
 printfn "colour answers for 150 lone objects (rows: truth; columns: %s, other):" (String.Join(", ", Scenes.colourNames))
 for r in 0 .. 5 do
     printfn "  %-7s %s" Scenes.colourNames.[r] (String.concat " " [ for c in 0 .. 6 -> sprintf "%3d" confusion.[r, c] ])
+
+// 4. existence questions: the answer needs the question's words matched against every image token
+let exists = BaseModel.heldOutQuestions 1500 |> Array.filter (fun (_, qa) -> qa.Kind = Scenes.Exists)
+let named (q: string) =
+    let colour = Scenes.colourNames |> Array.exists (fun c -> q.Contains(c + " "))
+    let shape = Scenes.shapeNames |> Array.exists (fun s -> q.Contains s)
+    match colour, shape with
+    | true, true -> "colour and shape"
+    | true, false -> "colour"
+    | _ -> "shape"
+let existsRows = exists |> Array.map (fun (scene, qa) -> named qa.Question, qa.Answer, (answer scene qa.Question).Trim())
+printfn "\"is there ...?\" on %d held-out questions (right / asked; truth yes → said yes, truth no → said no):" exists.Length
+for kind, rows in existsRows |> Array.groupBy (fun (k, _, _) -> k) do
+    let count truth said = rows |> Array.filter (fun (_, t, a) -> t = truth && a = said) |> Array.length
+    let right = rows |> Array.filter (fun (_, t, a) -> t = a) |> Array.length
+    printfn "  %-16s %3d / %3d right (yes → yes %d, yes → no %d; no → no %d, no → yes %d)"
+        kind right rows.Length (count "yes" "yes") (count "yes" "no") (count "no" "no") (count "no" "yes")
