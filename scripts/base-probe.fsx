@@ -6,7 +6,9 @@
 //    patches the object covers: what the decoder *could* read;
 // 3. the colour answers for lone objects ("What color is the object …?"), truth × answer;
 // 4. "is there …?" questions by what they name (a shape, a colour, both), truth × answer: whether the
-//    decoder matches the question's words against the image at all.
+//    decoder matches the question's words against the image at all;
+// 5. two-object scenes asked the colour of each object by its shape: whether the answer follows the
+//    word that names the object, and how far the colour logits move when that word changes.
 #load "load.fsx"
 
 open System
@@ -93,3 +95,24 @@ for kind, rows in existsRows |> Array.groupBy (fun (k, _, _) -> k) do
     let right = rows |> Array.filter (fun (_, t, a) -> t = a) |> Array.length
     printfn "  %-16s %3d / %3d right (yes → yes %d, yes → no %d; no → no %d, no → yes %d)"
         kind right rows.Length (count "yes" "yes") (count "yes" "no") (count "no" "no") (count "no" "yes")
+
+// 5. the reference word: "What color is the circle?" against "What color is the square?" on one image
+let pairs =
+    [| 0 .. 3000 |] |> Array.map (Scenes.generate probeSeed)
+    |> Array.filter (fun s -> s.Objects.Length = 2 && s.Objects.[0].Shape <> s.Objects.[1].Shape && s.Objects.[0].Colour <> s.Objects.[1].Colour)
+    |> Array.truncate 150
+let colourIds = Scenes.colourNames |> Array.map (fun c -> session.Tokenizer.Encode(c, false).[0])
+let colourQuestion (t: Scenes.Thing) = $"What color is the {Scenes.shapeName t.Shape}?"
+let swaps =
+    pairs |> Array.map (fun s ->
+        let a, b = s.Objects.[0], s.Objects.[1]
+        let sa, sb = (answer s (colourQuestion a)).Trim(), (answer s (colourQuestion b)).Trim()
+        let logits q = let l = session.Generate(Scenes.render size s, q, 1).FirstTokenLogits in colourIds |> Array.map (fun i -> l.[i])
+        let la, lb = logits (colourQuestion a), logits (colourQuestion b)
+        sa <> sb, (sa = Scenes.colourName a.Colour) && (sb = Scenes.colourName b.Colour),
+        Array.map2 (fun x y -> abs (x - y)) la lb |> Array.max, Array.max la - Array.min la)
+let median (xs: float32[]) = (Array.sort xs).[xs.Length / 2]
+printfn "the object named by its shape, %d two-object scenes (two shapes, two colours): the two questions answered differently %d, both right %d;"
+    pairs.Length (swaps |> Array.filter (fun (d, _, _, _) -> d) |> Array.length) (swaps |> Array.filter (fun (_, r, _, _) -> r) |> Array.length)
+printfn "  colour logits move by %.3f (median largest change) when the word changes; they spread over %.3f (median)"
+    (median (swaps |> Array.map (fun (_, _, m, _) -> m))) (median (swaps |> Array.map (fun (_, _, _, w) -> w)))
