@@ -103,12 +103,14 @@ let pairs =
     |> Array.truncate 150
 let colourIds = Scenes.colourNames |> Array.map (fun c -> session.Tokenizer.Encode(c, false).[0])
 let colourQuestion (t: Scenes.Thing) = $"What color is the {Scenes.shapeName t.Shape}?"
+/// The answer and its first token's colour logits, from one generation.
+let answerAndLogits (scene: Scenes.Scene) question =
+    let g = session.Generate(Scenes.render size scene, question, 8)
+    (session.Decode g.OutputIds).Trim(), colourIds |> Array.map (fun i -> g.FirstTokenLogits.[i])
 let swaps =
     pairs |> Array.map (fun s ->
         let a, b = s.Objects.[0], s.Objects.[1]
-        let sa, sb = (answer s (colourQuestion a)).Trim(), (answer s (colourQuestion b)).Trim()
-        let logits q = let l = session.Generate(Scenes.render size s, q, 1).FirstTokenLogits in colourIds |> Array.map (fun i -> l.[i])
-        let la, lb = logits (colourQuestion a), logits (colourQuestion b)
+        let (sa, la), (sb, lb) = answerAndLogits s (colourQuestion a), answerAndLogits s (colourQuestion b)
         sa <> sb, (sa = Scenes.colourName a.Colour) && (sb = Scenes.colourName b.Colour),
         Array.map2 (fun x y -> abs (x - y)) la lb |> Array.max, Array.max la - Array.min la)
 let median (xs: float32[]) = (Array.sort xs).[xs.Length / 2]

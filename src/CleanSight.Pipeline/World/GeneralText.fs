@@ -13,7 +13,7 @@ let private mix (x: uint64) =
     z <- (z ^^^ (z >>> 27)) * 0x94D049BB133111EBUL
     z ^^^ (z >>> 31)
 
-let private pick (state: uint64 ref) (xs: string[]) =
+let private pick (state: uint64 ref) (xs: 'a[]) =
     state.Value <- mix state.Value
     xs.[int (state.Value % uint64 xs.Length)]
 
@@ -58,11 +58,9 @@ let corpus (seed: int) (count: int) = Array.init count (sentence seed)
 
 let private nouns = [| "car"; "ball"; "kite"; "hat"; "cup"; "door"; "flag"; "book" |]
 let private surfaces = [| "shelf"; "page"; "wall"; "table" |]
-let private sizes = [| "small"; "large" |]
+let private sizes = [| Scenes.Small; Scenes.Large |] |> Array.map Scenes.sizeName
 let private positions = Scenes.positionNames |> Array.filter ((<>) "center")
-let private corners = [| "top left"; "top right"; "bottom left"; "bottom right" |]
-let private shapePlural (shape: string) = if shape = "cross" then "crosses" else shape + "s"
-let private anArticle (word: string) = (if "aeiou".Contains word.[0] then "an " else "a ") + word
+let private corners = Scenes.positionNames |> Array.filter (fun n -> n.Contains ' ') // "top left", …
 
 /// One everyday sentence that uses the scenes' colour, shape, size, position and count words about
 /// other things, deterministic in (seed, index). No count word follows "have" (see `objects`).
@@ -72,14 +70,14 @@ let sceneWordSentence (seed: int) (index: int) =
     let colour () = p Scenes.colourNames
     match int (mix (state.Value + 11UL) % 10UL) with
     | 0 -> $"the {colour ()} {p nouns} is at the {p positions} of the {p surfaces}."
-    | 1 -> $"she drew {anArticle (p sizes)} {colour ()} {p Scenes.shapeNames} on the board."
+    | 1 -> $"she drew {Scenes.article (p sizes)} {colour ()} {p Scenes.shapeNames} on the board."
     | 2 -> $"there are {p Scenes.countNames.[1..]} {colour ()} {p nouns}s in the box."
     | 3 -> let c = colour () in $"my {p nouns} is {c}, not {p (Scenes.colourNames |> Array.filter ((<>) c))}."
-    | 4 -> $"the sign shows {anArticle (colour ())} {p Scenes.shapeNames} on a grey background."
+    | 4 -> $"the sign shows {Scenes.article (colour ())} {p Scenes.shapeNames} on a grey background."
     | 5 -> $"the {p sizes} {p nouns} is {colour ()}."
     | 6 -> $"what color is the {p nouns}? it is {colour ()}."
     | 7 -> let size = p sizes in $"is the {p nouns} small or large? it is {size}."
-    | 8 -> $"i can see {p Scenes.countNames.[1..]} {shapePlural (p Scenes.shapeNames)} on the {p surfaces}."
+    | 8 -> $"i can see {p Scenes.countNames.[1..]} {Scenes.plural (pick state Scenes.shapes)} on the {p surfaces}."
     | _ -> $"the {colour ()} {p Scenes.shapeNames} is in the {p corners} corner of the {p surfaces}."
 
 /// Which general text the decoder learns language from (LLaVA's LLM comes pre-trained on text).

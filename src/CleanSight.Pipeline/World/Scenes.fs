@@ -318,8 +318,10 @@ let positionPhrase (t: Thing) =
     | "center" -> "in the center"
     | p -> "at the " + p
 
-let private plural (s: Shape) = if s = Cross then "crosses" else shapeName s + "s"
-let private article (phrase: string) = (if "aeiou".Contains phrase.[0] then "an " else "a ") + phrase
+/// "circles", "crosses".
+let plural (s: Shape) = if s = Cross then "crosses" else shapeName s + "s"
+/// "a red circle", "an orange square".
+let article (phrase: string) = (if "aeiou".Contains phrase.[0] then "an " else "a ") + phrase
 
 /// How a reference picks its object out.
 type private By = ByShape | ByColour | ByBoth | ByPosition
