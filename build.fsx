@@ -30,12 +30,15 @@ Target.create "Build" (fun _ -> dotnet "build CleanSight.sln -c Release")
 // The README's test command.
 Target.create "Test" (fun _ -> dotnet "run --no-build --project tests/CleanSight.Tests -c Release -- --summary")
 
-// Every exploratory script and analysis must still run (they reference the Release build).
+// Every exploratory script and analysis must still run (they reference the Release build); a script
+// whose full run is long names shorter runs, one "// ci-args: …" line each.
 Target.create "Scripts" (fun _ ->
     for dir in [ "scripts"; "analysis" ] do
         for script in IO.Directory.GetFiles(IO.Path.Combine(root, dir), "*.fsx") |> Array.sort do
-            Trace.log $"== {script}"
-            dotnet $"fsi --quiet {script}")
+            let runs = IO.File.ReadLines script |> Seq.choose (fun l -> if l.StartsWith "// ci-args: " then Some(l.Substring 12) else None) |> List.ofSeq
+            for args in (if runs.IsEmpty then [ "" ] else runs) do
+                Trace.log $"== {script} {args}"
+                dotnet $"fsi --quiet {script} {args}")
 
 let cleansight (argLine: string) = dotnet $"run --no-build --project src/CleanSight.Pipeline -c Release -- {argLine}"
 let attacks = [ "badnet"; "blended"; "wanet"; "issba"; "trojvlm"; "vlood" ]

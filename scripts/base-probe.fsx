@@ -8,7 +8,9 @@
 // 4. "is there …?" questions by what they name (a shape, a colour, both), truth × answer: whether the
 //    decoder matches the question's words against the image at all;
 // 5. two-object scenes asked the colour of each object by its shape: whether the answer follows the
-//    word that names the object, and how far the colour logits move when that word changes.
+//    word that names the object, and how far the colour logits move when that word changes;
+// 6. where the last prompt token's attention on the image goes: on a lone object, and with two objects
+//    on the one the question names (by shape, colour or position) against the other.
 #load "load.fsx"
 
 open System
@@ -118,3 +120,47 @@ printfn "the object named by its shape, %d two-object scenes (two shapes, two co
     pairs.Length (swaps |> Array.filter (fun (d, _, _, _) -> d) |> Array.length) (swaps |> Array.filter (fun (_, r, _, _) -> r) |> Array.length)
 printfn "  colour logits move by %.3f (median largest change) when the word changes; they spread over %.3f (median)"
     (median (swaps |> Array.map (fun (_, _, m, _) -> m))) (median (swaps |> Array.map (fun (_, _, _, w) -> w)))
+
+// 6. where the last prompt token looks: of each head's attention on the image, the share on the object the
+//    question names and the share on the other object (two-object scenes as in 5), against a lone object's
+let heads = session.Config.Text.NumAttentionHeads
+let layerCount = session.Config.Text.NumHiddenLayers
+/// Per layer and head, the mean share of the image attention on the named object and on the others, each
+/// object of each scene named in turn (so that neither the first nor the last in reading order is favoured).
+let objectShares (scenes: Scenes.Scene[]) (question: Scenes.Thing -> string) =
+    let named, other = Array2D.zeroCreate<float> layerCount heads, Array2D.zeroCreate<float> layerCount heads
+    let asked = scenes |> Array.sumBy (fun s -> s.Objects.Length) |> float
+    for scene, t in [ for s in scenes do for t in s.Objects -> s, t ] do
+        let owners = Scenes.patchOwners size patch scene
+        let o = CleanSight.Pipeline.Analysis.AttentionStealing.observe session (Scenes.render size scene) (question t)
+        for l in 0 .. layerCount - 1 do
+            let row = o.Rows.[l]
+            for h in 0 .. heads - 1 do
+                let mutable image, onNamed, onOther = 0.0, 0.0, 0.0
+                for j in 0 .. row.Keys - 1 do
+                    let p = row.KeyPositions.[j]
+                    if p >= o.First && p <= o.Last then
+                        let a = float row.[h, j]
+                        image <- image + a
+                        match owners.[int (p - o.First)] with
+                        | Some owner when owner = t -> onNamed <- onNamed + a
+                        | Some _ -> onOther <- onOther + a
+                        | None -> ()
+                named.[l, h] <- named.[l, h] + onNamed / image / asked
+                other.[l, h] <- other.[l, h] + onOther / image / asked
+    named, other
+let loneScenes = lone |> Array.truncate 100 |> Array.map (Scenes.generate probeSeed)
+let coverShare (scenes: Scenes.Scene[]) =
+    scenes |> Array.averageBy (fun s -> Scenes.patchOwners size patch s |> Array.filter (fun o -> o = Some s.Objects.Head) |> Array.length |> float) |> fun n -> n / float tokens // lone: Head is the object
+let loneNamed, _ = objectShares loneScenes (fun t -> $"What color is the object {Scenes.positionPhrase t}?")
+let twoScenes = pairs |> Array.truncate 100
+let byShape = objectShares twoScenes (fun t -> $"What color is the {Scenes.shapeName t.Shape}?")
+let byColour = objectShares twoScenes (fun t -> $"What shape is the {Scenes.colourName t.Colour} object?")
+let byPosition = objectShares twoScenes (fun t -> $"What color is the object {Scenes.positionPhrase t}?")
+printfn "where the last prompt token looks: per layer, the head that looks most at a lone object (it covers %.2f of the patches),"
+    (coverShare loneScenes)
+printfn "  its image attention on that object; on %d two-object scenes, each object named in turn, on the named object / the other one:" twoScenes.Length
+for l in 0 .. layerCount - 1 do
+    let h = [| 0 .. heads - 1 |] |> Array.maxBy (fun h -> loneNamed.[l, h])
+    let pair (named: float[,], other: float[,]) = sprintf "%.2f / %.2f" named.[l, h] other.[l, h]
+    printfn "  layer %d head %d  lone %.2f   by shape %s   by colour %s   by position %s" l h loneNamed.[l, h] (pair byShape) (pair byColour) (pair byPosition)
