@@ -48,11 +48,11 @@ let pairs =
     [| 0 .. 3000 |] |> Array.map (Scenes.generate probeSeed)
     |> Array.filter (fun s -> s.Objects.Length = 2 && s.Objects.[0].Shape <> s.Objects.[1].Shape && s.Objects.[0].Colour <> s.Objects.[1].Colour)
     |> Array.truncate 150
+    |> Array.map (fun s -> s, Scenes.render sizes.ImageSize s) // rendered once, asked every 500 steps
 let swapTest (label: string) =
     use _ = torch.no_grad ()
     let answers =
-        pairs |> Array.map (fun s ->
-            let image = Scenes.render sizes.ImageSize s
+        pairs |> Array.map (fun (s, image) ->
             let say (t: Scenes.Thing) = (BaseModel.greedyAnswer model tok pre 8 image $"What color is the {Scenes.shapeName t.Shape}?").Trim()
             let a, b = s.Objects.[0], s.Objects.[1]
             let sa, sb = say a, say b
