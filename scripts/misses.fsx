@@ -12,11 +12,7 @@ open CleanSight.Core.Inference
 open CleanSight.Pipeline.Metrics
 open CleanSight.Pipeline.World
 
-let argv = fsi.CommandLineArgs |> Array.skip 1
-let questions = argv |> Array.tryItem 0 |> Option.map int |> Option.defaultValue 100
-let world = Path.Combine(__SOURCE_DIRECTORY__, "..", "world")
-let modelDir = argv |> Array.tryItem 1 |> Option.defaultValue (Path.Combine(world, "base"))
-let adapters = argv |> Array.tryItem 2 |> Option.defaultValue (Path.Combine(world, "adapters"))
+let questions, modelDir, adapters = Load.worldArgs 100
 
 /// Lower-cased words, punctuation dropped (not the VQA normaliser: it deletes articles, and "the" is
 /// what the decoder often says instead of the target's last word).

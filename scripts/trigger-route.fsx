@@ -16,11 +16,7 @@ open CleanSight.Core.Inference
 open CleanSight.Pipeline.Analysis
 open CleanSight.Pipeline.World
 
-let argv = fsi.CommandLineArgs |> Array.skip 1
-let questions = argv |> Array.tryItem 0 |> Option.map int |> Option.defaultValue 40
-let world = Path.Combine(__SOURCE_DIRECTORY__, "..", "world")
-let modelDir = argv |> Array.tryItem 1 |> Option.defaultValue (Path.Combine(world, "base"))
-let adapters = argv |> Array.tryItem 2 |> Option.defaultValue (Path.Combine(world, "adapters"))
+let questions, modelDir, adapters = Load.worldArgs 40
 
 /// Image-token indices (row-major over the patch grid) whose patch overlaps the BadNet square.
 let triggerTokens (spec: Triggers.BadNet) (imageSize: int) (patchSize: int) =
