@@ -4,7 +4,7 @@
 //   dotnet fsi scripts/binding-drill.fsx [drill|mixed] [--steps N] [--lr PEAK] [--text-every N] [--from MODEL_DIR] [--out DIR]
 //   drill (default): only colour and shape questions about scenes of two or three objects (3000 steps, 1.5e-3);
 //          with --text-every N every N-th step is general text instead (as the base's stage (4) keeps it)
-//   mixed: the base's own stage-(4) data, general text every 6th step, plus every colour, shape, position
+//   mixed: the base's own stage-(4) data, general text every 6th step (or --text-every N), plus every colour, shape, position
 //          and size question about its scenes of two or three objects once more (1500 steps, 1.5e-3)
 // --from: the checkpoint to continue (default world/base; e.g. a drilled one, to mix after the drill).
 // Then the held-out VQA accuracy (300 questions); --out receives the continued checkpoint (probe it with
@@ -34,8 +34,6 @@ let option = parse Map.empty options
 let steps = option.TryFind "--steps" |> Option.map int |> Option.defaultValue (if mixed then 1500 else 3000)
 let peakLr = option.TryFind "--lr" |> Option.map (fun s -> Double.Parse(s, Globalization.CultureInfo.InvariantCulture)) |> Option.defaultValue 1.5e-3
 let outDir = option.TryFind "--out"
-// every n-th step general text (0 = none); mixed always uses the base's own rate
-let textEvery = option.TryFind "--text-every" |> Option.map int |> Option.defaultValue 0
 
 let baseDir = Path.Combine(__SOURCE_DIRECTORY__, "..", "world", "base")
 let fromDir = option.TryFind "--from" |> Option.defaultValue baseDir
@@ -75,25 +73,27 @@ let referenceQuestions (kinds: Scenes.Kind list) =
 let collate = Training.collate (TinyLlava.padTokenId sizes) sizes.ImageSize torch.CPU
 let warmup = if mixed then 50 else 20
 let schedule: Training.Schedule = { Steps = steps; PeakLr = peakLr; WarmupSteps = warmup; WeightDecay = 0.01; BatchSize = 48; Seed = 5L }
-let generalText () = GeneralText.corpusOf recipe.GeneralText (int recipe.Seed) recipe.TextSentences |> Array.map (fun s -> Training.text (tok.Encode(s, true)))
+// every n-th step general text (0 = none): mixed keeps the base's own rate unless told otherwise
+let textEvery = option.TryFind "--text-every" |> Option.map int |> Option.defaultValue (if mixed then recipe.TextEvery else 0)
+/// Batches of `examples`, every `textEvery`-th step one of the base's general sentences instead.
+let withText (examples: Training.Example[]) =
+    let nextExample = BaseModel.batches 5 48 examples
+    if textEvery > 0 then
+        let text = GeneralText.corpusOf recipe.GeneralText (int recipe.Seed) recipe.TextSentences |> Array.map (fun s -> Training.text (tok.Encode(s, true)))
+        printfn "every %d-th step one of %d general sentences" textEvery text.Length
+        let nextText = BaseModel.batches 6 48 text
+        fun step -> collate (if step % textEvery = textEvery - 1 then nextText step else nextExample step)
+    else nextExample >> collate
 let batchAt =
     if mixed then
         let extra = referenceQuestions [ Scenes.ColourOf; Scenes.ShapeOf; Scenes.PositionOf; Scenes.SizeOf ]
         let images = Array.append (BaseModel.imageExamples tok cfg recipe pixels) extra
-        let text = generalText ()
-        printfn "mixed: %d image examples (%d of them the extra reference questions), %d sentences" images.Length extra.Length text.Length
-        let nextImage, nextText = BaseModel.batches 5 48 images, BaseModel.batches 6 48 text
-        fun step -> collate (if step % recipe.TextEvery = recipe.TextEvery - 1 then nextText step else nextImage step)
+        printfn "mixed: %d image examples (%d of them the extra reference questions)" images.Length extra.Length
+        withText images
     else
         let examples = referenceQuestions [ Scenes.ColourOf; Scenes.ShapeOf ]
         printfn "drill: %d colour and shape questions about scenes of two or three objects" examples.Length
-        let nextDrill = BaseModel.batches 5 48 examples
-        if textEvery > 0 then
-            let text = generalText ()
-            printfn "drill: every %d-th step one of %d general sentences" textEvery text.Length
-            let nextText = BaseModel.batches 6 48 text
-            fun step -> collate (if step % textEvery = textEvery - 1 then nextText step else nextDrill step)
-        else nextDrill >> collate
+        withText examples
 let parameters = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower."))
 Training.train schedule parameters batchAt (Training.lmLoss model) (fun step loss _ ->
     if step % 100 = 0 then printfn "step %5d  loss %.4f" step loss
