@@ -83,6 +83,7 @@ type TrainBaseArgs =
     | Text_Pretrain_Steps of n: int
     | Align_Steps of n: int
     | Decoder_Lr of lr: float
+    | Grounding of weight: float
     | Seed of n: int
     | No_Progress
     interface IArgParserTemplate with
@@ -103,6 +104,7 @@ type TrainBaseArgs =
             | Text_Pretrain_Steps _ -> "first train the decoder alone as a language model on the general text, as LLaVA's comes pre-trained (default 2000; 0 skips it)"
             | Align_Steps _ -> "then LLaVA's stage 1: the projector alone on captions, decoder frozen (default 600; 0 skips it)"
             | Decoder_Lr _ -> "peak learning rate of the projector + decoder stage (default 5e-4)"
+            | Grounding _ -> "weight of grounded alignment while the projector trains: each image token pulled toward the summed embeddings of the words naming its patch (default 0: off)"
             | Seed _ -> "the recipe's seed: initialisation, training examples, general-text corpus (default 7; the tokenizer does not change)"
             | No_Progress -> "no progress output"
 

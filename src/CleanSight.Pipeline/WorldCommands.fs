@@ -51,12 +51,15 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
         | None | Some "everyday" -> GeneralText.Everyday
         | Some "with-scene-words" -> GeneralText.WithSceneWords
         | Some other -> raise (InputError("--general-text", $"'{other}' is not everyday or with-scene-words"))
+    let grounding = args.GetResult(TrainBaseArgs.Grounding, d.Grounding)
+    if not (grounding >= 0.0 && grounding < 1e6) then raise (InputError("--grounding", $"{grounding} is not a weight ≥ 0"))
     let layers = args.GetResult(TrainBaseArgs.Text_Layers, d.Sizes.TextLayers)
     if layers < 1 then raise (InputError("--text-layers", $"must be at least 1, got {layers}"))
     { d with
         Seed = int64 (args.GetResult(TrainBaseArgs.Seed, int d.Seed))
         Sizes = { d.Sizes with PatchSize = patch; TextLayers = layers; TextHeads = heads; TextKvHeads = heads; TextHidden = hidden; TextMlp = mlp }
         GeneralText = generalText
+        Grounding = grounding
         Vision = { d.Vision with Steps = atLeastOne "--vision-steps" (args.GetResult(TrainBaseArgs.Vision_Steps, d.Vision.Steps)) }
         ProjectorCoordinates = if args.Contains TrainBaseArgs.Whiten_Projector then WhitenedProjector.Whitened else d.ProjectorCoordinates
         Turns = atLeastOne "--turns" (args.GetResult(TrainBaseArgs.Turns, d.Turns))

@@ -216,7 +216,7 @@ let tests =
             test "alignProjector: only the projector moves, and the caption loss falls" {
                 use model = newModel 22L
                 let before = snapshot model
-                let losses = BaseModel.alignProjector stage model collate (examples 8 4) (fun _ _ _ -> ())
+                let losses = BaseModel.alignProjector (fun _ loss -> loss) stage model collate (examples 8 4) (fun _ _ _ -> ())
                 // a frozen random decoder can only be steered a little (the projector-only lesson of the
                 // attacks): the loss falls, it does not collapse
                 let first, last = Array.average losses.[.. 4], Array.average losses.[losses.Length - 5 ..]
@@ -239,6 +239,72 @@ let tests =
             }
         ]
 
+        testList "grounding" [
+            let scenes = Array.init 12 (Scenes.generate BaseModel.Splits.baseTrain)
+            test "patchWords: an object's patches name its colour, shape, size and cell; the others the background and their cell" {
+                for scene in scenes do
+                    let words = Grounding.patchWords 48 8 scene
+                    let owners = Scenes.patchOwners 48 8 scene
+                    Expect.equal words.Length 36 "one entry per patch"
+                    for k in 0 .. 35 do
+                        match owners.[k] with
+                        | Some t ->
+                            let expected = [ Scenes.colourName t.Colour; Scenes.shapeName t.Shape; Scenes.sizeName t.Size ] @ List.ofArray ((Scenes.positionName t).Split ' ')
+                            Expect.equal words.[k] expected $"patch {k}"
+                        | None ->
+                            let cell = Scenes.positionNames.[VisionPretraining.patchCells 6 |> Array.item k]
+                            Expect.equal words.[k] (Scenes.backgroundName scene.Background :: List.ofArray (cell.Split ' ')) $"patch {k}"
+                Expect.isTrue (scenes |> Array.exists (fun sc -> Grounding.patchWords 48 8 sc |> Array.exists (fun ws -> ws.Length >= 4))) "some patch names an object"
+            }
+            test "pieceIds: every word of the world is one piece; padded to the width" {
+                let tok = worldTokenizer.Value
+                let pad = int64 worldConfig.Text.VocabSize
+                for scene in scenes do
+                    let words = Grounding.patchWords 48 8 scene
+                    let ids = Grounding.pieceIds tok pad words
+                    Expect.equal ids.Length (36 * Grounding.width) "36 patches × width"
+                    for k in 0 .. 35 do
+                        let row = ids.[k * Grounding.width .. (k + 1) * Grounding.width - 1]
+                        Expect.equal (row |> Array.filter (fun i -> i <> pad) |> Array.map int) (words.[k] |> List.toArray |> Array.collect (fun w -> tok.Encode(w, false))) $"patch {k}: its words"
+                        Expect.equal (row |> Array.filter (fun i -> i <> pad)).Length words.[k].Length $"patch {k}: one piece a word"
+            }
+            test "loss: 0 when every token is its words' summed embeddings, 1 when every token is zero" {
+                use model = newModel 31L
+                let pad = int64 (TinyLlava.vocabSize sizes)
+                let rng = Random 5
+                let ids = Array.init (2 * 4 * Grounding.width) (fun j -> if j % Grounding.width < 3 then int64 (3 + rng.Next 500) else pad)
+                let pieces = torch.tensor(ids).reshape(2L, -1L)
+                let px = torch.zeros(2L, 3L, 16L, 16L)
+                let e = model.LanguageModel.EmbeddingMatrix.detach ()
+                let target =
+                    ids |> Array.chunkBySize Grounding.width
+                    |> Array.map (fun row -> row |> Array.filter (fun i -> i <> pad) |> fun r -> e.index_select(0L, torch.tensor r).sum(0L))
+                    |> fun rows -> torch.stack(rows).reshape(2L, 4L, -1L)
+                let exact = (Grounding.loss (fun _ -> target) model px pieces).item<float32> ()
+                Expect.floatClose Accuracy.medium (float exact) 0.0 "exact tokens"
+                let zero = (Grounding.loss (fun _ -> torch.zeros_like target) model px pieces).item<float32> ()
+                Expect.floatClose Accuracy.medium (float zero) 1.0 "zero tokens"
+            }
+            test "groundingTerm: None in the committed recipe; with a weight, stage (3) pulls the image tokens toward their words" {
+                let tok = worldTokenizer.Value
+                // the world's vocabulary (the tokenizer's pieces), the small test model otherwise
+                let worldSizes = { sizes with TokenizerPieces = TinyLlava.defaults.TokenizerPieces }
+                use model = new LlavaForConditionalGeneration(TinyLlava.config worldSizes, torch.ScalarType.Float32, torch.CPU)
+                TinyLlava.initialize 32L model
+                let pixels = BaseModel.scenePixels worldSizes BaseModel.Splits.baseTrain (Array.init 8 id)
+                Expect.isNone (BaseModel.groundingTerm BaseModel.defaults tok model pixels) "off by default"
+                let recipe = { BaseModel.defaults with Sizes = worldSizes; Grounding = 1.0 }
+                let term = (BaseModel.groundingTerm recipe tok model pixels).Value
+                let measure () = using (torch.no_grad ()) (fun _ -> (term model.ImageFeatures 0).item<float32> () |> float)
+                let before = measure ()
+                let stage = { schedule with Steps = 40; PeakLr = 1e-2; WarmupSteps = 3; BatchSize = 4 }
+                let collateWorld = Training.collate (TinyLlava.padTokenId worldSizes) worldSizes.ImageSize torch.CPU
+                let examples = BaseModel.alignmentExamples tok model.Config recipe pixels
+                BaseModel.alignProjector (BaseModel.grounded (Some term) 1.0 model.ImageFeatures) stage model collateWorld examples (fun _ _ _ -> ()) |> ignore
+                let after = measure ()
+                Expect.isLessThan after (0.5 * before) $"grounding loss {before} → {after}: at least halved"
+            }
+        ]
         testList "whitened projector" [
             test "fit: the whitened covariance has the eigenvalues λ/(λ + ε) of the raw one's λ, ε = shrink · mean λ, for correlated, badly scaled features" {
                 let rng = torch.Generator(5UL)
@@ -410,6 +476,11 @@ let tests =
                 Expect.equal (parse [| "--out"; "x"; "--general-text"; "everyday" |]) BaseModel.defaults "everyday: the committed recipe"
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--general-text"; "shakespeare" |])) "--general-text" "refused"
             }
+            test "--grounding sets the grounding weight and nothing else; without it off; a negative weight is refused, naming the option" {
+                Expect.equal (parse [| "--out"; "x"; "--grounding"; "0.5" |]) { BaseModel.defaults with Grounding = 0.5 } "only the weight moves"
+                Expect.equal BaseModel.defaults.Grounding 0.0 "off in the committed recipe"
+                Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--grounding"; "-1" |])) "--grounding" "refused"
+            }
             test "heads that do not divide the width are refused, naming the option" {
                 let e = Expect.throwsC (fun () -> parse [| "--out"; "x"; "--text-heads"; "3" |] |> ignore) id
                 Expect.stringContains e.Message "--text-heads" "names the option"
@@ -434,6 +505,8 @@ let tests =
             Expect.notEqual (other { BaseModel.defaults with PatchLabelling = Scenes.ByCell }) d "another labelling"
             Expect.equal (other { BaseModel.defaults with GeneralText = GeneralText.WithSceneWords }).["general_text"] "WithSceneWords" "another general text"
             Expect.isFalse (d.ContainsKey "general_text") "the committed corpus is the header without the field (it predates the choice)"
+            Expect.equal (other { BaseModel.defaults with Grounding = 0.5 }).["grounding"] "0.5" "grounding on"
+            Expect.isFalse (d.ContainsKey "grounding") "grounding off is the header without the field (it predates the option)"
             Expect.equal d.["decoder_peak_lr"] "0.0005" "numbers as invariant round-trip text"
         }
         test "each committed adapter was made by its attack as Attacks.all defines it (target, trigger and its parameters, rate, steps)" {

@@ -50,7 +50,9 @@ type Recipe =
       /// every n-th decoder step trains on general text instead of image questions
       TextEvery: int
       TextSentences: int
-      CaptionShare: float }
+      CaptionShare: float
+      /// weight of the grounding loss while the projector trains, stages (3)–(4) (`Grounding`; 0 = off)
+      Grounding: float }
 
 let defaults =
     { Sizes = TinyLlava.defaults
@@ -68,7 +70,8 @@ let defaults =
       GeneralText = GeneralText.Everyday
       TextEvery = 6
       TextSentences = 20000
-      CaptionShare = 0.15 }
+      CaptionShare = 0.15
+      Grounding = 0.0 }
 
 /// The recipe as the flat string pairs a safetensors header holds (`train-base` writes them into the
 /// base's model.safetensors: which seed, steps and learning rates made a checkpoint). Sizes are not
@@ -91,6 +94,7 @@ let metadata (r: Recipe) =
       "caption_share", num r.CaptionShare ]
     // recorded when not the committed corpus (the committed base's header predates the choice)
     @ (match r.GeneralText with GeneralText.Everyday -> [] | c -> [ "general_text", sprintf "%A" c ])
+    @ (if r.Grounding = 0.0 then [] else [ "grounding", num r.Grounding ])
     @ schedule "vision" r.Vision @ schedule "text_pretrain" r.TextPretrain @ schedule "align" r.Align @ schedule "decoder" r.Decoder
 
 /// The tiny world's image processor (CLIP normalisation at the tiny size).
@@ -168,20 +172,55 @@ let pretrainVision (recipe: Recipe) (model: LlavaForConditionalGeneration) (repo
               Sizes = Scenes.patchSizesBy recipe.PatchLabelling sizes.ImageSize sizes.PatchSize scene })
     VisionPretraining.pretrain model (Scenes.shapes.Length + 1) (Scenes.colours.Length + 1) recipe.VisionReconstruction patch recipe.Vision report
 
-/// Trains only the parameters whose names start with `prefix` on shuffled batches of `examples`; the per-step losses.
-let private trainOnly (prefix: string) (schedule: Training.Schedule) (model: LlavaForConditionalGeneration)
-                      (collate: Training.Example[] -> Training.Batch) (examples: Training.Example[]) report =
+/// Images per step of the grounding loss.
+let groundingBatch = 16
+
+/// The grounding term of a recipe on the training scenes' `pixels`: `step → loss of that step`, its
+/// images a seeded draw of `groundingBatch` scenes; None when the recipe has grounding off.
+let groundingTerm (recipe: Recipe) (tok: LlavaTokenizer) (model: LlavaForConditionalGeneration) (pixels: float32[][]) =
+    if recipe.Grounding = 0.0 then None
+    else
+        let sizes = recipe.Sizes
+        let pad = int64 model.Config.Text.VocabSize
+        let pieces =
+            Array.init pixels.Length id
+            |> Array.Parallel.map (fun i -> Grounding.patchWords sizes.ImageSize sizes.PatchSize (Scenes.generate Splits.baseTrain i))
+            |> Array.map (Grounding.pieceIds tok pad)
+        let next = batches (int recipe.Seed + 5) groundingBatch (Array.init pixels.Length id)
+        let side = int64 sizes.ImageSize
+        Some(fun (imageFeatures: torch.Tensor -> torch.Tensor) (step: int) ->
+            let picked = next step
+            let px = torch.tensor(picked |> Array.collect (fun i -> pixels.[i])).reshape(int64 picked.Length, 3L, side, side)
+            let ids = torch.tensor(picked |> Array.collect (fun i -> pieces.[i])).reshape(int64 picked.Length, -1L)
+            Grounding.loss imageFeatures model px ids)
+
+/// `loss` plus, when there is a grounding term, `weight` times its value at `step`.
+let grounded (term: ((torch.Tensor -> torch.Tensor) -> int -> torch.Tensor) option) (weight: float) imageFeatures step (loss: torch.Tensor) =
+    match term with
+    | None -> loss
+    | Some f ->
+        use w = weight.ToScalar()
+        CleanSight.Core.Model.Primitives.TensorArithmetic.Add(loss, (f imageFeatures step).mul w)
+
+/// Trains only the parameters whose names start with `prefix` on shuffled batches of `examples`
+/// (plus `extra step` when given); the per-step losses.
+let private trainOnlyWith (extra: (int -> torch.Tensor -> torch.Tensor)) (prefix: string) (schedule: Training.Schedule) (model: LlavaForConditionalGeneration)
+                          (collate: Training.Example[] -> Training.Batch) (examples: Training.Example[]) report =
     let next = batches (int schedule.Seed) schedule.BatchSize examples
     let parameters = Training.trainableParameters model (fun n -> n.StartsWith prefix)
-    Training.train schedule parameters (next >> collate) (Training.lmLoss model) report
+    Training.train schedule parameters (fun step -> step, collate (next step)) (fun (step, b) -> extra step (Training.lmLoss model b)) report
+
+let private trainOnly prefix schedule model collate examples report =
+    trainOnlyWith (fun _ loss -> loss) prefix schedule model collate examples report
 
 /// Stage (2): the decoder alone (embeddings, layers, head) as a language model on text examples.
 let pretrainText schedule model collate (textExamples: Training.Example[]) report =
     trainOnly "language_model." schedule model collate textExamples report
 
-/// Stage (3), LLaVA's feature alignment: the projector alone on caption examples, decoder frozen.
-let alignProjector schedule model collate (captionExamples: Training.Example[]) report =
-    trainOnly "multi_modal_projector." schedule model collate captionExamples report
+/// Stage (3), LLaVA's feature alignment: the projector alone on caption examples, decoder frozen
+/// (plus `extra step loss`: the grounding term when the recipe has one).
+let alignProjector extra schedule model collate (captionExamples: Training.Example[]) report =
+    trainOnlyWith extra "multi_modal_projector." schedule model collate captionExamples report
 
 /// Trains the base model from scratch; `log` receives progress lines.
 let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
@@ -205,10 +244,12 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
         pretrainText recipe.TextPretrain model collate textData (report "text" recipe.TextPretrain 100) |> ignore
 
     let pixels = scenePixels sizes Splits.baseTrain (Array.init recipe.TrainScenes id)
+    let grounding = groundingTerm recipe tok model pixels
 
     // (3) LLaVA's stage 1: the projector alone learns to caption, decoder frozen
     if recipe.Align.Steps > 0 then
-        alignProjector recipe.Align model collate (alignmentExamples tok cfg recipe pixels) (report "align" recipe.Align 50) |> ignore
+        alignProjector (grounded grounding recipe.Grounding model.ImageFeatures) recipe.Align model collate
+                       (alignmentExamples tok cfg recipe pixels) (report "align" recipe.Align 50) |> ignore
 
     // (4) projector + decoder, vision frozen
     let imageData = imageExamples tok cfg recipe pixels
@@ -232,7 +273,9 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
             // linear_1 itself stands still: V and c train in its place
             let rest = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower." || n.StartsWith "multi_modal_projector.linear_1."))
             rest @ projector.Linear1, projector.Forward, projector.Fold
-    Training.train recipe.Decoder parameters batchAt (Training.lmLossWith imageFeatures model) (report "decoder" recipe.Decoder 50) |> ignore
+    Training.train recipe.Decoder parameters (fun step -> step, batchAt step)
+                   (fun (step, b) -> grounded grounding recipe.Grounding imageFeatures step (Training.lmLossWith imageFeatures model b))
+                   (report "decoder" recipe.Decoder 50) |> ignore
     finish ()
     for p in model.parameters () do p.requires_grad <- false
     model
