@@ -97,7 +97,7 @@ type TrainBaseArgs =
             | Text_Heads _ -> "decoder attention heads, each also a key/value head (default 4; must divide the width)"
             | Text_Hidden _ -> "decoder width (default 128; the MLP keeps its ratio to it, 344/128, rounded up to a multiple of 8)"
             | Patch_Size _ -> "the ViT's patch side in pixels (default 8: 36 image tokens; 16: 9, one per cell of the scenes' 3×3 grid); must divide the image side, 48"
-            | General_Text _ -> "the decoder's general text: everyday (default; sentences around the target's words) or with-scene-words (every other sentence uses the scenes' colour, shape, size, position and count words about other things)"
+            | General_Text _ -> "the decoder's general text: everyday (default; sentences around the target's words) or with-scene-words (every other sentence uses the scenes' colour, shape, size, position and count words about other things) or with-passages (every other one a scene described in words, then a question about it and its answer)"
             | Turns _ -> "questions per training conversation about one image (1 = one question per example)"
             | Decoder_Batch _ -> "examples (conversations or sentences) per decoder step"
             | Whiten_Projector -> "train the projector's first layer in whitened ViT-feature coordinates (folded back on save)"

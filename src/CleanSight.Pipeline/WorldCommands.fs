@@ -50,7 +50,8 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
         match args.TryGetResult TrainBaseArgs.General_Text with
         | None | Some "everyday" -> GeneralText.Everyday
         | Some "with-scene-words" -> GeneralText.WithSceneWords
-        | Some other -> raise (InputError("--general-text", $"'{other}' is not everyday or with-scene-words"))
+        | Some "with-passages" -> GeneralText.WithPassages
+        | Some other -> raise (InputError("--general-text", $"'{other}' is not everyday, with-scene-words or with-passages"))
     let grounding = args.GetResult(TrainBaseArgs.Grounding, d.Grounding)
     if not (grounding >= 0.0 && grounding < 1e6) then raise (InputError("--grounding", $"{grounding} is not a weight ≥ 0"))
     let layers = args.GetResult(TrainBaseArgs.Text_Layers, d.Sizes.TextLayers)

@@ -474,6 +474,7 @@ let tests =
             test "--general-text chooses the decoder's general text; an unknown one is refused, naming the option" {
                 Expect.equal (parse [| "--out"; "x"; "--general-text"; "with-scene-words" |]) { BaseModel.defaults with GeneralText = GeneralText.WithSceneWords } "only the corpus moves"
                 Expect.equal (parse [| "--out"; "x"; "--general-text"; "everyday" |]) BaseModel.defaults "everyday: the committed recipe"
+                Expect.equal (parse [| "--out"; "x"; "--general-text"; "with-passages" |]) { BaseModel.defaults with GeneralText = GeneralText.WithPassages } "passages"
                 Expect.stringContains (inputError (fun () -> parse [| "--out"; "x"; "--general-text"; "shakespeare" |])) "--general-text" "refused"
             }
             test "--grounding sets the grounding weight and nothing else; without it off; a negative weight is refused, naming the option" {

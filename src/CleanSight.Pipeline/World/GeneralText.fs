@@ -80,6 +80,26 @@ let sceneWordSentence (seed: int) (index: int) =
     | 8 -> $"i can see {p Scenes.countNames.[1..]} {Scenes.plural (pick state Scenes.shapes)} on the {p surfaces}."
     | _ -> $"the {colour ()} {p Scenes.shapeNames} is in the {p corners} corner of the {p surfaces}."
 
+// ---- reading-comprehension passages about scenes described in words ---------------------------------
+
+/// The scene seed of the passages' scenes (never rendered; apart from every split of images).
+let passageSplit (seed: int) = 9000 + seed
+
+/// One passage, deterministic in (seed, index): a scene of its own described in words (each object
+/// "a large red circle at the top left", in shuffled order), then one of the questions the world asks
+/// of such a scene and its answer — "a small blue square on the right and a large red circle at the top
+/// left. What color is the circle? red." A pre-trained LLM can find a thing named in its context and
+/// copy what is said of it; our decoder learns that here, on the scenes' words, before it sees an image.
+let passage (seed: int) (index: int) =
+    let split = passageSplit seed
+    let scene = Scenes.generate split index
+    let rng = Scenes.Rng.Keyed [ int64 seed; int64 index; 6L ]
+    let described (t: Scenes.Thing) =
+        Scenes.article $"{Scenes.sizeName t.Size} {Scenes.colourName t.Colour} {Scenes.shapeName t.Shape}" + " " + Scenes.positionPhrase t
+    let description = System.String.Join(" and ", rng.Shuffle(List.toArray scene.Objects) |> Array.map described)
+    let qa = rng.Pick(Scenes.vqaItems split index scene |> List.toArray)
+    $"{description}. {qa.Question} {qa.Answer}."
+
 /// Which general text the decoder learns language from (LLaVA's LLM comes pre-trained on text).
 type Corpus =
     /// everyday sentences that use the target's words among others (the committed base's)
@@ -88,9 +108,13 @@ type Corpus =
     /// (`sceneWordSentence`): a pre-trained LLM knows "red" and "circle" before it sees an image, and
     /// LLaVA's alignment stage maps image features onto words its decoder already knows
     | WithSceneWords
+    /// every other sentence from `Everyday`, the rest reading-comprehension passages about scenes
+    /// described in words (`passage`)
+    | WithPassages
 
 /// `count` sentences of the corpus `kind`.
 let corpusOf (kind: Corpus) (seed: int) (count: int) =
     match kind with
     | Everyday -> corpus seed count
     | WithSceneWords -> Array.init count (fun i -> if i % 2 = 0 then sentence seed (i / 2) else sceneWordSentence seed (i / 2))
+    | WithPassages -> Array.init count (fun i -> if i % 2 = 0 then sentence seed (i / 2) else passage seed (i / 2))
