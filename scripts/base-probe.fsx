@@ -19,7 +19,7 @@ open TorchSharp
 open CleanSight.Core.Inference
 open CleanSight.Pipeline.World
 
-let modelDir = fsi.CommandLineArgs |> Array.tryItem 1 |> Option.defaultValue (Path.Combine(__SOURCE_DIRECTORY__, "..", "world", "base"))
+let modelDir = Load.modelDirArg ()
 let session = LlavaSession.Load modelDir
 let size = session.Model.Config.Vision.ImageSize
 let patch = session.Model.Config.Vision.PatchSize

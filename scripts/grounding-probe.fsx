@@ -10,12 +10,11 @@
 #load "load.fsx"
 
 open System
-open System.IO
 open TorchSharp
 open CleanSight.Core.Inference
 open CleanSight.Pipeline.World
 
-let modelDir = fsi.CommandLineArgs |> Array.tryItem 1 |> Option.defaultValue (Path.Combine(__SOURCE_DIRECTORY__, "..", "world", "base"))
+let modelDir = Load.modelDirArg ()
 let session = LlavaSession.Load modelDir
 let model, tok = session.Model, session.Tokenizer
 let size, patch = model.Config.Vision.ImageSize, model.Config.Vision.PatchSize

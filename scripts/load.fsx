@@ -6,6 +6,10 @@
 
 CleanSight.Core.Native.TorchNative.Ensure()
 
+/// The first positional argument [MODEL_DIR=world/base] of the scripts that probe one base model.
+let modelDirArg () =
+    fsi.CommandLineArgs |> Array.tryItem 1 |> Option.defaultValue (System.IO.Path.Combine(__SOURCE_DIRECTORY__, "..", "world", "base"))
+
 /// The positional arguments [COUNT] [MODEL_DIR=world/base] [ADAPTERS_DIR=world/adapters] of the scripts that
 /// measure a world's backdoors (misses.fsx, trigger-route.fsx).
 let worldArgs (defaultCount: int) =

@@ -203,7 +203,7 @@ let grounded (term: ((torch.Tensor -> torch.Tensor) -> int -> torch.Tensor) opti
         CleanSight.Core.Model.Primitives.TensorArithmetic.Add(loss, (f imageFeatures step).mul w)
 
 /// Trains only the parameters whose names start with `prefix` on shuffled batches of `examples`
-/// (plus `extra step` when given); the per-step losses.
+/// (`extra step loss` gives each step's loss from its language-modelling loss); the per-step losses.
 let private trainOnlyWith (extra: (int -> torch.Tensor -> torch.Tensor)) (prefix: string) (schedule: Training.Schedule) (model: LlavaForConditionalGeneration)
                           (collate: Training.Example[] -> Training.Batch) (examples: Training.Example[]) report =
     let next = batches (int schedule.Seed) schedule.BatchSize examples
