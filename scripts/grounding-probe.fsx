@@ -71,7 +71,7 @@ let greedyText (prompt: string) =
     tok.Decode(out.ToArray(), true)
 let right =
     passages |> Array.filter (fun p ->
-        let cut = p.LastIndexOf(' ', p.Length - 3)       // "... question? answer."
-        let prompt, answer = p.[.. cut - 1], p.[cut + 1 .. p.Length - 2]
+        let cut = p.LastIndexOf "? "                      // "… question? answer." (answers may be two words: "top left")
+        let prompt, answer = p.[.. cut], p.[cut + 2 .. p.Length - 2]
         (greedyText prompt).Trim().TrimEnd('.').StartsWith answer)
 printfn "held-out passages answered right by the decoder alone (text only): %d / %d" right.Length passages.Length

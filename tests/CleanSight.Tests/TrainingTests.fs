@@ -300,7 +300,7 @@ let tests =
                 let stage = { schedule with Steps = 40; PeakLr = 1e-2; WarmupSteps = 3; BatchSize = 4 }
                 let collateWorld = Training.collate (TinyLlava.padTokenId worldSizes) worldSizes.ImageSize torch.CPU
                 let examples = BaseModel.alignmentExamples tok model.Config recipe pixels
-                BaseModel.alignProjector (BaseModel.grounded (Some term) 1.0 model.ImageFeatures) stage model collateWorld examples (fun _ _ _ -> ()) |> ignore
+                BaseModel.alignProjector (BaseModel.grounded (Some term) model.ImageFeatures) stage model collateWorld examples (fun _ _ _ -> ()) |> ignore
                 let after = measure ()
                 Expect.isLessThan after (0.5 * before) $"grounding loss {before} → {after}: at least halved"
             }

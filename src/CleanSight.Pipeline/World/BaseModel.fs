@@ -175,8 +175,9 @@ let pretrainVision (recipe: Recipe) (model: LlavaForConditionalGeneration) (repo
 /// Images per step of the grounding loss.
 let groundingBatch = 16
 
-/// The grounding term of a recipe on the training scenes' `pixels`: `step → loss of that step`, its
-/// images a seeded draw of `groundingBatch` scenes; None when the recipe has grounding off.
+/// The grounding term of a recipe on the training scenes' `pixels`: `imageFeatures → step → the
+/// recipe's weight times the grounding loss of that step`, its images a seeded draw of
+/// `groundingBatch` scenes; None when the recipe has grounding off.
 let groundingTerm (recipe: Recipe) (tok: LlavaTokenizer) (model: LlavaForConditionalGeneration) (pixels: float32[][]) =
     if recipe.Grounding = 0.0 then None
     else
@@ -192,15 +193,14 @@ let groundingTerm (recipe: Recipe) (tok: LlavaTokenizer) (model: LlavaForConditi
             let picked = next step
             let px = torch.tensor(picked |> Array.collect (fun i -> pixels.[i])).reshape(int64 picked.Length, 3L, side, side)
             let ids = torch.tensor(picked |> Array.collect (fun i -> pieces.[i])).reshape(int64 picked.Length, -1L)
-            Grounding.loss imageFeatures model px ids)
+            use weight = recipe.Grounding.ToScalar()
+            (Grounding.loss imageFeatures model px ids).mul weight)
 
-/// `loss` plus, when there is a grounding term, `weight` times its value at `step`.
-let grounded (term: ((torch.Tensor -> torch.Tensor) -> int -> torch.Tensor) option) (weight: float) imageFeatures step (loss: torch.Tensor) =
+/// `loss` plus, when there is a grounding term (`groundingTerm`), its value at `step`.
+let grounded (term: ((torch.Tensor -> torch.Tensor) -> int -> torch.Tensor) option) imageFeatures step (loss: torch.Tensor) =
     match term with
     | None -> loss
-    | Some f ->
-        use w = weight.ToScalar()
-        CleanSight.Core.Model.Primitives.TensorArithmetic.Add(loss, (f imageFeatures step).mul w)
+    | Some f -> CleanSight.Core.Model.Primitives.TensorArithmetic.Add(loss, f imageFeatures step)
 
 /// Trains only the parameters whose names start with `prefix` on shuffled batches of `examples`
 /// (`extra step loss` gives each step's loss from its language-modelling loss); the per-step losses.
@@ -248,7 +248,7 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
 
     // (3) LLaVA's stage 1: the projector alone learns to caption, decoder frozen
     if recipe.Align.Steps > 0 then
-        alignProjector (grounded grounding recipe.Grounding model.ImageFeatures) recipe.Align model collate
+        alignProjector (grounded grounding model.ImageFeatures) recipe.Align model collate
                        (alignmentExamples tok cfg recipe pixels) (report "align" recipe.Align 50) |> ignore
 
     // (4) projector + decoder, vision frozen
@@ -274,7 +274,7 @@ let train (recipe: Recipe) (tokenizerDir: string) (log: string -> unit) =
             let rest = Training.trainableParameters model (fun n -> not (n.StartsWith "vision_tower." || n.StartsWith "multi_modal_projector.linear_1."))
             rest @ projector.Linear1, projector.Forward, projector.Fold
     Training.train recipe.Decoder parameters (fun step -> step, batchAt step)
-                   (fun (step, b) -> grounded grounding recipe.Grounding imageFeatures step (Training.lmLossWith imageFeatures model b))
+                   (fun (step, b) -> grounded grounding imageFeatures step (Training.lmLossWith imageFeatures model b))
                    (report "decoder" recipe.Decoder 50) |> ignore
     finish ()
     for p in model.parameters () do p.requires_grad <- false
