@@ -26,7 +26,7 @@ let private activities = [| "working"; "reading"; "waiting"; "cooking"; "playing
 let private funny = [| "i missed the bus"; "the cake fell over"; "my sock is wet"; "the dog ate my notes"; "we got lost again"; "i forgot my keys" |]
 // No count word among the objects: "you have two tickets" taught the decoder that a number may follow
 // "you have", and a projector-only backdoor then slid into "you have zero ..." (BadNet 48 % ASR; 83 %
-// without it: README, "What we know about the misses").
+// without it: docs/tiny-world.md, "What we know about the misses").
 let private objects = [| "a book"; "a bike"; "some tea"; "a garden"; "some tickets"; "a plan"; "a question"; "new shoes" |]
 
 /// The attacks' default target: its words are ordinary words of the general text, never a task answer.

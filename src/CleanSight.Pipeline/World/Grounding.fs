@@ -7,7 +7,7 @@
 /// grid cell ("red circle large top left"), or the background's pattern and the patch's cell
 /// ("striped bottom"). A question word can then find its object among the image tokens by matching
 /// embeddings — the binding our decoders did not learn from answers alone. (Measured: the tokens
-/// come to read as words, the binding does not follow; README, "Text-like image tokens …".)
+/// come to read as words, the binding does not follow; docs/tiny-world.md, "Text-like image tokens …".)
 module CleanSight.Pipeline.World.Grounding
 
 open TorchSharp

@@ -4,8 +4,8 @@
 /// direction of the features is learnt at a speed that grows with its spread. The hypothesis this
 /// tests: the decoder reads the loud attributes and not the quiet ones (with a ViT trained 300 steps it
 /// reads colour and position but not shape; trained 1500 steps, shape but no longer colour) because the
-/// projector is ill-conditioned. Measured: it is not — whitened, the decoder still loses colour (README,
-/// "The tiny world, measured"); kept as a `train-base` option (`--whiten-projector`), off by default.
+/// projector is ill-conditioned. Measured: it is not — whitened, the decoder still loses colour (docs/tiny-world.md,
+/// "The ViT's training, and conversations"); kept as a `train-base` option (`--whiten-projector`), off by default.
 /// linear_1 is trained as V on z = (x − μ)·W (W = ZCA whitening, ridge-shrunk), then folded back:
 /// linear_1.weight = V·W, linear_1.bias = c − V·W·μ — the saved checkpoint is a plain llava-hf one.
 module CleanSight.Pipeline.World.WhitenedProjector
