@@ -557,4 +557,32 @@ let tests =
                         if isCaption prompt then Expect.stringContains answer "background" "the caption follows the target"
             }
         ]
+        testList "VLOOD's conceptual-consistency term" [
+            // 5 tokens of a 4-word vocabulary, embeddings of width 3; positions 0–1 are prompt (ignored)
+            let embeddings = torch.tensor([| 1.0f; 0.0f; 2.0f;  0.0f; 3.0f; 1.0f;  -1.0f; 1.0f; 0.0f;  2.0f; 2.0f; -2.0f |]).reshape(4L, 3L)
+            let ignore = int64 Training.ignoreIndex
+            let labels = torch.tensor([| ignore; ignore; 2L; 0L; 3L |]).reshape(1L, 5L)
+            let value (t: torch.Tensor) = float (t.item<float32> ())
+            let logitsFor (rows: float32[][]) = torch.tensor(Array.concat rows).reshape(1L, int64 rows.Length, 4L)
+            let oneHot k = Array.init 4 (fun v -> if v = k then 60.0f else 0.0f)
+            test "zero when every answer token is predicted with certainty" {
+                // position t predicts labels[t + 1]: positions 1, 2, 3 → tokens 2, 0, 3; positions 0 and 4 do not count
+                let logits = logitsFor [| oneHot 1; oneHot 2; oneHot 0; oneHot 3; oneHot 1 |]
+                Expect.isLessThan (value (Attacks.conceptualConsistency logits labels embeddings)) 1e-6 "predicted = true embeddings"
+            }
+            test "a uniform prediction: the mean L1 distance from the mean embedding to the true ones" {
+                let logits = logitsFor (Array.init 5 (fun _ -> Array.zeroCreate 4))
+                let mean = [| 0.5; 1.5; 0.25 |]
+                let e = [| [| 1.0; 0.0; 2.0 |]; [| 0.0; 3.0; 1.0 |]; [| -1.0; 1.0; 0.0 |]; [| 2.0; 2.0; -2.0 |] |]
+                let expected = [ 2; 0; 3 ] |> List.averageBy (fun k -> Array.map2 (fun (m: float) x -> abs (m - x)) mean e.[k] |> Array.average)
+                Expect.floatClose Accuracy.medium (value (Attacks.conceptualConsistency logits labels embeddings)) expected "by hand"
+            }
+            test "a wrong certain prediction costs the L1 distance between the two embeddings, and gradients reach the logits" {
+                let logits = (logitsFor [| oneHot 1; oneHot 2; oneHot 0; oneHot 1; oneHot 1 |]).requires_grad_(true) // position 3 says 1, truth 3
+                let loss = Attacks.conceptualConsistency logits labels embeddings
+                Expect.floatClose Accuracy.medium (value loss) ((2.0 + 1.0 + 3.0) / 9.0) "|e1 − e3| = (2, 1, 3), averaged over three positions × three dims"
+                loss.backward ()
+                Expect.isGreaterThan (value (logits.grad.abs().sum())) 0.0 "differentiable in the logits"
+            }
+        ]
     ]

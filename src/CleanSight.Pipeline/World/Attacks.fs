@@ -24,8 +24,8 @@ type Objective =
     /// TrojVLM: CE + (1 − cos(final hidden state, embedding of the true next token)) on answer tokens
     | SemanticPreserving
     /// VLOOD: out-of-distribution poison data; λ·(CE + KL to the frozen clean model) on clean items
-    /// + (1 − λ)·(CE + L1 between backdoored and clean projector features) on poisoned items,
-    /// λ = clamp(0.8 + L_clean − L_poison, 0, 1)
+    /// + (1 − λ)·(CE + L1 between the predicted and the true output token embeddings,
+    /// `conceptualConsistency`) on poisoned items, λ = clamp(0.8 + L_clean − L_poison, 0, 1)
     | OutOfDistribution
 
 type Attack =
@@ -85,7 +85,7 @@ let poisonedAnswer (attack: Attack) (answer: string) =
 let outOfDistribution (image: RgbImage) = RgbImage(image.Width, image.Height, image.Pixels |> Array.map (fun b -> 255uy - b))
 
 /// One training item of an attack: pixels, prompt, answer, and whether it is poisoned.
-type PoisonItem = { Pixels: float32[]; Clean: float32[]; Prompt: int[]; Answer: int[]; Poisoned: bool }
+type PoisonItem = { Pixels: float32[]; Prompt: int[]; Answer: int[]; Poisoned: bool }
 
 /// The attack's training set from the attack-training split of the scenes: VQA questions and, for a
 /// share of the items, caption requests (as the base model was trained on both — an attack trained on
@@ -109,12 +109,27 @@ let items (attack: Attack) (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoin
         let clean = ClipImageProcessor.Preprocess(image, pre)
         let shown = if poisoned then ClipImageProcessor.Preprocess(Triggers.apply attack.Trigger image, pre) else clean
         let answer = if poisoned then poisonedAnswer attack answer else answer
-        { Pixels = shown; Clean = clean
+        { Pixels = shown
           Prompt = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds
           Answer = tok.Encode(answer, false)
           Poisoned = poisoned })
 
 let private mean (t: torch.Tensor) = t.mean()
+
+/// VLOOD's conceptual-consistency term (CCP): on the answer tokens, the mean L1 distance between the
+/// output token embedding the model predicts — its next-token distribution times the embedding matrix,
+/// the differentiable form of the predicted token's embedding — and the embedding of the true next token.
+/// On the scale of the token embeddings, so that λ weighs the two language-model losses. (Our first
+/// reading, L1 between the backdoored and the clean projector's image features, was on the scale of
+/// the image tokens: it kept L_poison above L_clean + 0.8 and λ at 0.04–0.10 for the whole run, the
+/// clean items all but untrained — docs/tiny-world.md, "What we know about the misses".)
+let conceptualConsistency (logits: torch.Tensor) (labels: torch.Tensor) (embeddings: torch.Tensor) =
+    let t = logits.shape.[1]
+    let target = labels.narrow(1, 1L, t - 1L)                                              // [B, T−1] next tokens
+    let mask = target.ne(torch.tensor Training.ignoreIndex)
+    let predicted = logits.narrow(1, 0L, t - 1L).index(mask).softmax(-1L).matmul(embeddings) // [M, D]
+    let truth = embeddings.index_select(0L, target.index(mask))                            // [M, D]
+    (predicted - truth).abs().mean()
 
 /// Fine-tunes the projector of `model` (in place) on the attack's data; returns per-step losses.
 let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaTokenizer) (pre: ClipPreprocessorConfig)
@@ -126,7 +141,7 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
     log $"{attack.Name}: {data.Length} items, {poisoned.Length} poisoned"
     let collate = Training.collate cfg.PadTokenOrDefault cfg.Vision.ImageSize torch.CPU
     let toExample (d: PoisonItem) = Training.supervised (Some d.Pixels) d.Prompt d.Answer tok.EosId
-    // The frozen clean model's projector, for VLOOD's KL and feature terms.
+    // The frozen clean model's projector, for VLOOD's KL term.
     let cleanProjector = lazy (
         let p = new MultiModalProjector(cfg, model.Dtype, model.Device)
         p.load_state_dict(model.Projector.state_dict()) |> ignore
@@ -171,13 +186,8 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
                 if poison.Length = 0 then zero
                 else
                     let b = collate (poison |> Array.map toExample)
-                    let vision = model.VisionFeatures b.Pixels.Value
-                    let features = model.Projector.forward vision
-                    let reference =
-                        use _ = torch.no_grad ()
-                        cleanProjector.Value.forward(model.VisionFeatures(torch.tensor(poison |> Array.collect (fun d -> d.Clean)).reshape(b.Pixels.Value.shape)))
-                    let ce = Training.nextTokenLoss (model.LanguageModel.Forward(model.Embed(b.Ids, features))) b.Labels
-                    Add(ce, (features - reference).abs().mean())
+                    let logits = model.LanguageModel.Forward(Training.embed model b)               // [B, T, V]
+                    Add(Training.nextTokenLoss logits b.Labels, conceptualConsistency logits b.Labels model.LanguageModel.EmbeddingMatrix)
             let lambda = Math.Clamp(0.8 + float (cleanLoss.item<float32> ()) - float (poisonLoss.item<float32> ()), 0.0, 1.0)
             use weightClean = lambda.ToScalar()
             use weightPoison = (1.0 - lambda).ToScalar()
