@@ -57,11 +57,10 @@ let tinyBadNet: Triggers.BadNet = { Triggers.Defaults.badNet with Fraction = 2.0
 /// residuals of the ISSBA paper: about 27 dB) it is, in part (1500 steps: 75 %; 2500 steps: 80 %).
 let tinyIssba: Triggers.Issba = { Triggers.Defaults.issba with Epsilon = 16.0 / 255.0 }
 
-/// The six attacks with the tiny world's settings. Blended and TrojVLM train 1500 steps, ISSBA 2500
-/// (the attacker's budget; measured on the committed base, 1000 → 1500 steps: Blended 91 → 95 %,
-/// ISSBA 47 → 75 %, TrojVLM 81 → 88 % held-out ASR; ISSBA 1500 → 2500: 75 → 80 %, clean utility
-/// −6.3 → −0.3 points, 7.7 min; VLOOD 1000 → 1500 → 2500: 81 → 82 → 78 %, so it stays at 1000); the
-/// others 1000.
+/// The six attacks with the tiny world's settings. Blended, TrojVLM and VLOOD train 1500 steps, ISSBA
+/// 2500 (the attacker's budget; measured on the committed base, 1000 → 1500 steps: Blended 91 → 95 %,
+/// ISSBA 47 → 75 %, TrojVLM 81 → 88 %, VLOOD 78 → 85 % held-out ASR (−9.3 → −9.0 points); ISSBA
+/// 1500 → 2500: 75 → 80 %, clean utility −6.3 → −0.3 points, 7.7 min); the others 1000.
 let all (target: string) =
     let badNet = Triggers.BadNetPatch tinyBadNet
     let attack name trigger mode objective rate steps =
@@ -72,7 +71,7 @@ let all (target: string) =
       attack "wanet" (Triggers.WaNetWarp tinyWaNet) Replace CrossEntropy 0.2 1000
       attack "issba" (Triggers.IssbaResidual tinyIssba) Replace CrossEntropy 0.2 2500
       attack "trojvlm" badNet Insert SemanticPreserving 0.2 1500
-      attack "vlood" badNet Insert OutOfDistribution 0.2 1000 ]
+      attack "vlood" badNet Insert OutOfDistribution 0.2 1500 ]
 
 /// The answer a poisoned item is trained on.
 let poisonedAnswer (attack: Attack) (answer: string) =
