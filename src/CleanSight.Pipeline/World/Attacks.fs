@@ -121,7 +121,7 @@ let private mean (t: torch.Tensor) = t.mean()
 /// On the scale of the token embeddings, so that λ weighs the two language-model losses. (Our first
 /// reading, L1 between the backdoored and the clean projector's image features, was on the scale of
 /// the image tokens: it kept L_poison above L_clean + 0.8 and λ at 0.04–0.10 for the whole run, the
-/// clean items all but untrained — docs/tiny-world.md, "What we know about the misses".)
+/// clean items all but untrained — docs/tiny-world.md, "VLOOD's cost came from the scale …".)
 let conceptualConsistency (logits: torch.Tensor) (labels: torch.Tensor) (embeddings: torch.Tensor) =
     let t = logits.shape.[1]
     let target = labels.narrow(1, 1L, t - 1L)                                              // [B, T−1] next tokens
