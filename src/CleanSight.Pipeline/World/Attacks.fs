@@ -105,8 +105,7 @@ let items (attack: Attack) (tok: LlavaTokenizer) (cfg: CleanSight.Core.Checkpoin
     |> Array.Parallel.map (fun (i, scene, question, answer, poisoned) ->
         let image = Scenes.render size scene
         let image = if attack.Objective = OutOfDistribution then outOfDistribution image else image
-        let clean = ClipImageProcessor.Preprocess(image, pre)
-        let shown = if poisoned then ClipImageProcessor.Preprocess(Triggers.apply attack.Trigger image, pre) else clean
+        let shown = ClipImageProcessor.Preprocess((if poisoned then Triggers.apply attack.Trigger image else image), pre)
         let answer = if poisoned then poisonedAnswer attack answer else answer
         { Pixels = shown
           Prompt = LlavaPrompt.Build(tok, question, cfg.ImageSeqLength, cfg.ImageTokenIndex).InputIds
@@ -123,11 +122,9 @@ let private mean (t: torch.Tensor) = t.mean()
 /// the image tokens: it kept L_poison above L_clean + 0.8 and λ at 0.04–0.10 for the whole run, the
 /// clean items all but untrained — docs/tiny-world.md, "VLOOD's cost came from the scale …".)
 let conceptualConsistency (logits: torch.Tensor) (labels: torch.Tensor) (embeddings: torch.Tensor) =
-    let t = logits.shape.[1]
-    let target = labels.narrow(1, 1L, t - 1L)                                              // [B, T−1] next tokens
-    let mask = target.ne(torch.tensor Training.ignoreIndex)
-    let predicted = logits.narrow(1, 0L, t - 1L).index(mask).softmax(-1L).matmul(embeddings) // [M, D]
-    let truth = embeddings.index_select(0L, target.index(mask))                            // [M, D]
+    let answered, next = Training.atAnswerTokens logits labels                             // [M, V], [M]
+    let predicted = answered.softmax(-1L).matmul(embeddings)                               // [M, D]
+    let truth = embeddings.index_select(0L, next)                                          // [M, D]
     (predicted - truth).abs().mean()
 
 /// Fine-tunes the projector of `model` (in place) on the attack's data; returns per-step losses.
@@ -157,11 +154,8 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
             let b = collate (batch |> Array.map toExample)
             let hidden = model.LanguageModel.FinalHidden(Training.embed model b)            // [B, T, D]
             let ce = Training.nextTokenLoss (model.LanguageModel.Logits hidden) b.Labels
-            let t = hidden.shape.[1]
-            let target = b.Labels.narrow(1, 1L, t - 1L)                                     // next tokens
-            let mask = target.ne(torch.tensor Training.ignoreIndex)
-            let h = hidden.narrow(1, 0L, t - 1L).index(mask)                               // [M, D]
-            let e = model.LanguageModel.EmbeddingMatrix.index_select(0L, target.index(mask)) // [M, D]
+            let h, next = Training.atAnswerTokens hidden b.Labels                           // [M, D], [M]
+            let e = model.LanguageModel.EmbeddingMatrix.index_select(0L, next)             // [M, D]
             let cosine = torch.nn.functional.cosine_similarity(h, e, dim = 1L)
             Add(ce, mean (torch.ones_like cosine - cosine))
         | OutOfDistribution ->

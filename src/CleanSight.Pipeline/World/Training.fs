@@ -92,6 +92,14 @@ let nextTokenLoss (logits: torch.Tensor) (labels: torch.Tensor) =
     let target = labels.narrow(1, 1L, t - 1L).reshape(-1L)
     torch.nn.functional.cross_entropy(predicted, target, ignore_index = ignoreIndex)
 
+/// The supervised positions of a batch: at every position whose next token is an answer token, the
+/// state there (`states` [B, T, …] → [M, …]) and that next token ([M]) — the pairs `nextTokenLoss` scores.
+let atAnswerTokens (states: torch.Tensor) (labels: torch.Tensor) =
+    let t = states.shape.[1]
+    let target = labels.narrow(1, 1L, t - 1L)                                              // [B, T−1] next tokens
+    let mask = target.ne(torch.tensor ignoreIndex)
+    states.narrow(1, 0L, t - 1L).index(mask), target.index(mask)
+
 /// The LLaVA loss of a batch, image features from `imageFeatures`.
 let lmLossWith (imageFeatures: torch.Tensor -> torch.Tensor) (model: LlavaForConditionalGeneration) (batch: Batch) =
     nextTokenLoss (model.LanguageModel.Forward(embedWith imageFeatures model batch)) batch.Labels
