@@ -73,26 +73,31 @@ let recipeOf (args: ParseResults<TrainBaseArgs>) =
 let trainBase (args: ParseResults<TrainBaseArgs>) =
     let log = Progress.logger (args.Contains TrainBaseArgs.No_Progress)
     let recipe = recipeOf args
-    let tokenizer =
-        args.TryGetResult TrainBaseArgs.Tokenizer
-        |> Option.defaultWith (fun () ->
-            let dir = Path.Combine(Path.GetTempPath(), $"cleansight-world-tokenizer-{Environment.ProcessId}")
+    // without --tokenizer: the world tokenizer, in a temporary folder that save copies into --out
+    let temporary =
+        if args.Contains TrainBaseArgs.Tokenizer then None
+        else
+            let dir = Directory.CreateTempSubdirectory("cleansight-world-tokenizer-").FullName
             WorldTokenizer.write dir
-            dir)
-    let pieces = (LlavaTokenizer.Load tokenizer).SentencePieceVocabSize
-    let recipe = { recipe with Sizes = { recipe.Sizes with TokenizerPieces = pieces } }
-    log $"tokenizer: {tokenizer} ({pieces} pieces)"
-    let out = args.GetResult TrainBaseArgs.Out
-    use model = BaseModel.train recipe tokenizer log
-    TinyLlava.save out tokenizer recipe.Sizes (BaseModel.metadata recipe) model
-    let tok = LlavaTokenizer.Load out
-    let overall, byKind = BaseModel.heldOutAccuracy model tok 300
-    let kinds = byKind |> Array.map (fun (k, a) -> $"{k} {100.0 * a:F0}%%") |> String.concat ", "
-    // the measured results go to stdout, with or without --no-progress; the path written last
-    printfn "%s" $"held-out VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions ({kinds})"
-    printfn "%s" (captionLine model tok 100)
-    printfn "%s" out
-    0
+            Some dir
+    let tokenizer = temporary |> Option.defaultWith (fun () -> args.GetResult TrainBaseArgs.Tokenizer)
+    try
+        let pieces = (LlavaTokenizer.Load tokenizer).SentencePieceVocabSize
+        let recipe = { recipe with Sizes = { recipe.Sizes with TokenizerPieces = pieces } }
+        log $"tokenizer: {tokenizer} ({pieces} pieces)"
+        let out = args.GetResult TrainBaseArgs.Out
+        use model = BaseModel.train recipe tokenizer log
+        TinyLlava.save out tokenizer recipe.Sizes (BaseModel.metadata recipe) model
+        let tok = LlavaTokenizer.Load out
+        let overall, byKind = BaseModel.heldOutAccuracy model tok 300
+        let kinds = byKind |> Array.map (fun (k, a) -> $"{k} {100.0 * a:F0}%%") |> String.concat ", "
+        // the measured results go to stdout, with or without --no-progress; the path written last
+        printfn "%s" $"held-out VQA accuracy {100.0 * overall:F1}%% on 300 clean-test questions ({kinds})"
+        printfn "%s" (captionLine model tok 100)
+        printfn "%s" out
+        0
+    finally
+        temporary |> Option.iter (fun dir -> Directory.Delete(dir, true))
 
 let attack (args: ParseResults<AttackArgs>) =
     let log = Progress.logger (args.Contains AttackArgs.No_Progress)

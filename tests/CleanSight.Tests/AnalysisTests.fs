@@ -224,7 +224,7 @@ let tests =
             Expect.equal (Demo.layerRequest (Demo.defaults "out/a")) Calibration.AtRelativeDepth "the default: the paper's relative depth"
         }
         test "the demo's output folder: claimed for its settings, resumed with the same, refused with others" {
-            let dir = Path.Combine(Path.GetTempPath(), "cleansight-claim-" + Guid.NewGuid().ToString("N"))
+            let dir = Path.Combine(Fixtures.tempDir (), "demo")
             try
                 let a = Demo.defaults dir
                 Demo.claimOutput a

@@ -25,9 +25,12 @@ let llamaTokenizerDir =
     |> List.map Path.GetFullPath
     |> List.tryFind (fun d -> File.Exists(Path.Combine(d, "tokenizer.model")))
 
+/// This run's temporary folders live under one folder, removed when the run ends (Main).
+let tempRoot = Path.Combine(Path.GetTempPath(), "cleansight-tests", $"run-{Environment.ProcessId}-{Guid.NewGuid():N}")
+
 /// A fresh empty temporary folder.
 let tempDir () =
-    let dir = Path.Combine(Path.GetTempPath(), "cleansight-tests", Guid.NewGuid().ToString("N"))
+    let dir = Path.Combine(tempRoot, Guid.NewGuid().ToString("N"))
     Directory.CreateDirectory dir |> ignore
     dir
 

@@ -14,7 +14,10 @@ let main argv =
     CleanSight.Core.Native.TorchNative.Ensure()
     TorchSharp.torch.set_num_threads 2
     let quiet = System.Console.IsOutputRedirected || not (isNull (System.Environment.GetEnvironmentVariable "CI"))
-    let code = Tests.runTestsInAssemblyWithCLIArgs [ yield CLIArguments.Printer printer; if quiet then yield CLIArguments.No_Spinner ] argv
+    let code =
+        try Tests.runTestsInAssemblyWithCLIArgs [ yield CLIArguments.Printer printer; if quiet then yield CLIArguments.No_Spinner ] argv
+        finally
+            if System.IO.Directory.Exists Fixtures.tempRoot then System.IO.Directory.Delete(Fixtures.tempRoot, true)
     last |> Option.iter (fun s ->
         // After Expecto's coloured output: a fresh line, then "N passed, N failed, N skipped" alone.
         printfn "\n%d passed, %d failed, %d skipped" s.passed.Length (s.failed.Length + s.errored.Length) s.ignored.Length)

@@ -20,8 +20,8 @@ let private expectedPixelValues () =
         case.GetProperty("image").GetString(),
         [| for v in case.GetProperty("pixel_values").EnumerateArray() -> v.GetDouble() |] ]
 
-/// A fresh temp file path with the given extension; the caller deletes it.
-let private tempFile (ext: string) = Path.Combine(Path.GetTempPath(), $"cleansight-vision-{Guid.NewGuid():N}{ext}")
+/// A fresh temp file path with the given extension, in a folder of its own under the run's temp root.
+let private tempFile (ext: string) = Path.Combine(Fixtures.tempDir (), $"image{ext}")
 
 let private withTempFile ext (body: string -> unit) =
     let path = tempFile ext

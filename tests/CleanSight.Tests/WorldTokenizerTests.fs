@@ -11,7 +11,7 @@ open CleanSight.Pipeline.World
 /// The world tokenizer, written once into a temporary folder and loaded by the Core.
 let private tokenizer =
     lazy (
-        let dir = Directory.CreateTempSubdirectory("cleansight-worldtok-").FullName
+        let dir = Fixtures.tempDir ()
         WorldTokenizer.write dir
         dir, LlavaTokenizer.Load dir)
 
