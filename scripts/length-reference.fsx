@@ -2,14 +2,15 @@
 // clean distances grow as the question shortens (fewer text tokens after the image leave the image a
 // larger share of the last token's attention), so the shortest clean questions land above γ. Three
 // references per task, each with γ at the 0.99 quantile of leave-one-out distances (the fit refitted
-// without the sample), on the demo's data (300 calibration samples, 100 clean + 100 triggered test):
+// without the sample), on the demo's data (300 calibration samples, TEST clean + TEST triggered test;
+// TEST = 100 is the demo's test, a larger one extends it — its first 100 items are the demo's):
 //   plain        the diagonal reference `calibrate` fits (mean and σ)
 //   length-mean  each feature's mean linear in ln(text tokens after the image); σ constant
 //   length-scale that mean, and each feature's scale: ln |residual| linear in the same log-length,
 //                rescaled so the standardised residuals have unit mean square
 // Prints, per attack and detection layers, the clean inputs flagged (FP) and triggered ones flagged
-// (TP) of 100. No triggered input is used to fit anything. Attacks without an adapter are skipped.
-//   dotnet fsi scripts/length-reference.fsx [LAYERS=0] (e.g. 0 or 2,3,4)
+// (TP) of TEST. No triggered input is used to fit anything. Attacks without an adapter are skipped.
+//   dotnet fsi scripts/length-reference.fsx [LAYERS=0] [TEST=100] (e.g. 0 or 2,3,4; 1000)
 #load "load.fsx"
 
 open System
@@ -24,11 +25,12 @@ open CleanSight.Pipeline.World
 
 let argv = fsi.CommandLineArgs |> Array.skip 1
 let layers = argv |> Array.tryItem 0 |> Option.defaultValue "0" |> fun s -> s.Split(',') |> Array.map int
+let test = argv |> Array.tryItem 1 |> Option.map int |> Option.defaultValue 100
 TorchSharp.torch.set_num_threads 2
 
 let world = Materialize.locate ()
 let data = Path.Combine(Path.GetTempPath(), $"cleansight-length-{Environment.ProcessId}")
-let manifest = Materialize.run world data Materialize.defaultCalibration 100 ignore
+let manifest = Materialize.run world data Materialize.defaultCalibration test ignore
 let read (jsonl: string) = Dataset.read jsonl |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath jsonl it), it.Question, it.Task)
 
 /// One input: its feature vector at `layers`, ln(text tokens after the image), its task.
