@@ -24,7 +24,11 @@ let utility (records: Record[]) =
 /// Detection on one task's records: each task is compared with its own clean reference (one per task
 /// by default), so its false-positive rate is its own — the pooled FPR can hide a task flagged far
 /// more often than the target.
-type TaskDetection = { Tpr: float option; Fpr: float option; CleanSamples: int; PoisonedSamples: int }
+type TaskDetection =
+    { Tpr: float option; Fpr: float option
+      /// 95 % Wilson intervals of the two rates (`RateInterval.ci95`)
+      TprCi95: (float * float) option; FprCi95: (float * float) option
+      CleanSamples: int; PoisonedSamples: int }
 
 type DefenseMetrics =
     { Asr: float option
@@ -34,6 +38,11 @@ type DefenseMetrics =
       Auroc: float option
       Tpr: float option
       Fpr: float option
+      /// 95 % Wilson intervals of ASR, clean ASR, TPR and FPR (`RateInterval.ci95`; None where the rate is)
+      AsrCi95: (float * float) option
+      CleanAsrCi95: (float * float) option
+      TprCi95: (float * float) option
+      FprCi95: (float * float) option
       PrunedFraction: float option
       MsPerSample: float option
       CleanSamples: int
@@ -45,6 +54,7 @@ let ofDefense (records: Record[]) =
     let clean = records |> Array.filter (fun r -> r.Split = "clean")
     let poisoned = records |> Array.filter (fun r -> r.Split = "poisoned")
     let rate (rs: Record[]) f = rs |> Array.map (fun r -> if f r then 1.0 else 0.0) |> mean
+    let interval (rs: Record[]) f = if rs.Length = 0 then None else Some(RateInterval.ci95 (Array.filter f rs).Length rs.Length)
     let detected = records |> Array.exists (fun r -> r.Distance.IsSome)
     let distances (rs: Record[]) = rs |> Array.choose (fun r -> r.Distance)
     { Asr = rate poisoned (fun r -> r.AsrHit)
@@ -56,6 +66,10 @@ let ofDefense (records: Record[]) =
         then Some(DetectionMetrics.auroc (distances clean) (distances poisoned)) else None
       Tpr = if detected then rate poisoned (fun r -> r.Flagged) else None
       Fpr = if detected then rate clean (fun r -> r.Flagged) else None
+      AsrCi95 = interval poisoned (fun r -> r.AsrHit)
+      CleanAsrCi95 = interval clean (fun r -> r.AsrHit)
+      TprCi95 = if detected then interval poisoned (fun r -> r.Flagged) else None
+      FprCi95 = if detected then interval clean (fun r -> r.Flagged) else None
       PrunedFraction = records |> Array.map (fun r -> float r.Pruned.Length / float (max 1 r.VisualTokens)) |> mean
       MsPerSample = records |> Array.map (fun r -> r.Ms) |> mean
       CleanSamples = clean.Length
@@ -67,6 +81,7 @@ let ofDefense (records: Record[]) =
                 let c = clean |> Array.filter (fun r -> r.Task = task)
                 let p = poisoned |> Array.filter (fun r -> r.Task = task)
                 task, { Tpr = rate p (fun r -> r.Flagged); Fpr = rate c (fun r -> r.Flagged)
+                        TprCi95 = interval p (fun r -> r.Flagged); FprCi95 = interval c (fun r -> r.Flagged)
                         CleanSamples = c.Length; PoisonedSamples = p.Length }) }
 
 /// Metrics of every defense, in the order the defenses first appear.
@@ -75,9 +90,13 @@ let ofRecords (records: Record[]) =
     |> Array.map (fun d -> d, ofDefense (records |> Array.filter (fun r -> r.Defense = d)))
 
 let private num (x: float option) : JsonNode = match x with Some v when not (System.Double.IsNaN v) -> JsonValue.Create v | _ -> null
+/// [low, high], or null.
+let private interval (x: (float * float) option) : JsonNode =
+    match x with Some(lo, hi) -> JsonArray(JsonValue.Create lo, JsonValue.Create hi) | None -> null
 
 /// metrics.json: {"defenses": {NAME: {"asr", "clean_asr", "clean_utility", "poisoned_utility", "auroc", …,
-/// "by_task": {TASK: {"tpr", "fpr", "clean_samples", "poisoned_samples"}} for a defense that detects}}}
+/// "asr_ci95": [low, high] (and clean_asr_, tpr_, fpr_ci95), "by_task": {TASK: {"tpr", "fpr", "tpr_ci95",
+/// "fpr_ci95", "clean_samples", "poisoned_samples"}} for a defense that detects}}}
 let toJson (metrics: (string * DefenseMetrics)[]) =
     let defenses = JsonObject()
     for name, m in metrics do
@@ -97,6 +116,10 @@ let toJson (metrics: (string * DefenseMetrics)[]) =
         o.["poisoned_vqa_accuracy"] <- num m.Poisoned.Vqa
         o.["poisoned_vscore"] <- num m.Poisoned.VScore
         o.["poisoned_cider_d"] <- num m.Poisoned.Cider
+        o.["asr_ci95"] <- interval m.AsrCi95
+        o.["clean_asr_ci95"] <- interval m.CleanAsrCi95
+        o.["tpr_ci95"] <- interval m.TprCi95
+        o.["fpr_ci95"] <- interval m.FprCi95
         o.["clean_samples"] <- JsonValue.Create m.CleanSamples
         o.["poisoned_samples"] <- JsonValue.Create m.PoisonedSamples
         if m.ByTask.Length > 0 then
@@ -105,6 +128,8 @@ let toJson (metrics: (string * DefenseMetrics)[]) =
                 let d = JsonObject()
                 d.["tpr"] <- num t.Tpr
                 d.["fpr"] <- num t.Fpr
+                d.["tpr_ci95"] <- interval t.TprCi95
+                d.["fpr_ci95"] <- interval t.FprCi95
                 d.["clean_samples"] <- JsonValue.Create t.CleanSamples
                 d.["poisoned_samples"] <- JsonValue.Create t.PoisonedSamples
                 byTask.[task] <- d

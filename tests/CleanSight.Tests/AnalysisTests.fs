@@ -191,7 +191,8 @@ let tests =
                     { Asr = Some 0.25; CleanAsr = Some 0.0
                       Clean = { Vqa = Some 0.5; VScore = Some 0.6; Cider = None; Utility = Some 0.5 }
                       Poisoned = { Vqa = Some 0.4; VScore = Some 0.4; Cider = None; Utility = Some 0.4 }
-                      Auroc = None; Tpr = None; Fpr = None; PrunedFraction = Some 0.1; MsPerSample = Some 3.0
+                      Auroc = None; Tpr = None; Fpr = None; AsrCi95 = Some(0.11, 0.47); CleanAsrCi95 = Some(0.0, 0.16)
+                      TprCi95 = None; FprCi95 = None; PrunedFraction = Some 0.1; MsPerSample = Some 3.0
                       CleanSamples = 20; PoisonedSamples = 20; ByTask = [||] }
                 let rows = [ Ablations.tauRow "badnet" None m; Ablations.tauRow "badnet" (Some 0.6) m ]
                 Expect.equal (rows |> List.map Ablations.tauLabel) [ "no purification"; "τ = 0.6/T" ] "labels"

@@ -179,6 +179,14 @@ let tests =
             Expect.equal (json.["defenses"].["cleansight"].["by_task"].["caption"].["fpr"].GetValue<float>()) 1.0 "caption FPR in metrics.json"
             Expect.equal (json.["defenses"].["cleansight"].["by_task"].["vqa"].["clean_samples"].GetValue<int>()) 4 "vqa clean samples"
             Expect.isNull json.["defenses"].["none"].["by_task"] "none has no by_task"
+            // each rate with its 95 % Wilson interval: FPR 3 of 6, ASR 0 of 6; none has no FPR
+            let pair (n: JsonNode) = n.[0].GetValue<float>(), n.[1].GetValue<float>()
+            Expect.equal (pair json.["defenses"].["cleansight"].["fpr_ci95"]) (Metrics.RateInterval.ci95 3 6) "fpr_ci95"
+            Expect.equal (pair json.["defenses"].["cleansight"].["asr_ci95"]) (Metrics.RateInterval.ci95 0 6) "asr_ci95"
+            Expect.equal (pair json.["defenses"].["cleansight"].["by_task"].["caption"].["fpr_ci95"]) (Metrics.RateInterval.ci95 2 2) "caption fpr_ci95"
+            Expect.equal m.TprCi95 (Some(Metrics.RateInterval.ci95 4 6)) "TPR 4 of 6"
+            Expect.isNull json.["defenses"].["none"].["fpr_ci95"] "none has no FPR interval"
+            Expect.equal (pair json.["defenses"].["none"].["clean_asr_ci95"]) (Metrics.RateInterval.ci95 0 6) "but its clean ASR has one"
         }
         testList "evaluate end to end (fixture model, 3 clean + 3 triggered)" [
             test "exit 0, metrics per defense with rates in [0, 1], one record per defense × split × sample" {

@@ -277,4 +277,53 @@ let tests =
                     let r = DetectionMetrics.rates p.Threshold s.Negatives s.Positives
                     r.Fpr = p.Fpr && r.Tpr = p.Tpr))
         ]
+        testList "rate intervals (95 % Wilson)" [
+            /// (k, n) from any two non-negative ints: 1 ≤ n ≤ 2000, 0 ≤ k ≤ n.
+            let trials (NonNegativeInt a) (NonNegativeInt b) = let n = b % 2000 + 1 in a % (n + 1), n
+            test "known values (the closed form evaluated in Python; 0 of n has high = z²/(n + z²))" {
+                for k, n, lo, hi in [ 5, 100, 0.021543679154368, 0.111750469231919
+                                      1, 100, 0.001767432064141, 0.054486196178705
+                                      0, 100, 0.0, 3.841458820694124 / 103.841458820694124
+                                      100, 100, 0.963006501793014, 1.0
+                                      3, 10, 0.107791267406301, 0.603221852538855
+                                      25, 1000, 0.016990131293434, 0.036645289267843 ] do
+                    let l, h = RateInterval.ci95 k n
+                    expectClose 1e-12 lo l $"low of {k}/{n}"
+                    expectClose 1e-12 hi h $"high of {k}/{n}"
+            }
+            testPropertyWithConfig config "0 ≤ low ≤ k/n ≤ high ≤ 1" (fun a b ->
+                let k, n = trials a b
+                let lo, hi = RateInterval.ci95 k n
+                let p = float k / float n
+                0.0 <= lo && lo <= p && p <= hi && hi <= 1.0)
+            testPropertyWithConfig config "n − k hits give the mirrored interval" (fun a b ->
+                let k, n = trials a b
+                let lo, hi = RateInterval.ci95 k n
+                let lo', hi' = RateInterval.ci95 (n - k) n
+                abs (lo' - (1.0 - hi)) < 1e-12 && abs (hi' - (1.0 - lo)) < 1e-12)
+            testPropertyWithConfig config "four times the trials at the same rate: a narrower interval" (fun a b ->
+                let k, n = trials a b
+                let lo, hi = RateInterval.ci95 k n
+                let lo4, hi4 = RateInterval.ci95 (4 * k) (4 * n)
+                hi4 - lo4 < hi - lo)
+            test "it covers the true rate in about 95 % of draws (exact binomial sums)" {
+                // P(low ≤ p ≤ high) = Σ_k C(n, k) pᵏ (1 − p)ⁿ⁻ᵏ over the k whose interval holds p
+                let coverage (p: float) (n: int) =
+                    let logChoose k = Seq.sum (seq { for i in 1 .. k -> log (float (n - k + i)) - log (float i) })
+                    Seq.sum (seq {
+                        for k in 0 .. n do
+                            let lo, hi = RateInterval.ci95 k n
+                            if lo <= p && p <= hi then
+                                yield exp (logChoose k + float k * log p + float (n - k) * log (1.0 - p)) })
+                for p, n in [ 0.01, 100; 0.01, 1000; 0.05, 100; 0.5, 100; 0.9, 300 ] do
+                    let c = coverage p n
+                    Expect.isTrue (c > 0.90 && c < 0.99) $"coverage at p = {p}, n = {n}: {c:F4}"
+            }
+            test "no trials, hits outside [0, n] and a non-positive z are refused" {
+                Expect.throwsT<ArgumentException> (fun () -> RateInterval.ci95 0 0 |> ignore) "n = 0"
+                Expect.throwsT<ArgumentException> (fun () -> RateInterval.ci95 3 2 |> ignore) "k > n"
+                Expect.throwsT<ArgumentException> (fun () -> RateInterval.ci95 -1 2 |> ignore) "k < 0"
+                Expect.throwsT<ArgumentException> (fun () -> RateInterval.wilson 0.0 1 2 |> ignore) "z = 0"
+            }
+        ]
     ]
