@@ -235,10 +235,12 @@ let tableRows (results: AttackResult list) =
           for name, m in r.Metrics ->
               [ r.Attack.name; name; pct m.Asr; pct m.CleanAsr; pct m.Clean.Utility; pct m.Poisoned.Utility
                 (match m.Auroc with Some a -> $"{a:F3}" | None -> "–"); pct m.Tpr; pct m.Fpr; pct m.PrunedFraction
-                (match m.MsPerSample with Some v -> $"{v:F1}" | None -> "–") ] ]
+                (match m.MsPerSample with Some v -> $"{v:F1}" | None -> "–")
+                (match m.FprCi95 with Some(lo, hi) -> $"{100.0 * lo:F1}–{100.0 * hi:F1}" | None -> "–") ] ]
 
 let tableHeader =
-    [ "attack"; "defense"; "ASR %"; "clean ASR %"; "clean utility %"; "triggered utility %"; "AUROC"; "TPR %"; "FPR %"; "pruned %"; "ms/sample" ]
+    [ "attack"; "defense"; "ASR %"; "clean ASR %"; "clean utility %"; "triggered utility %"; "AUROC"; "TPR %"; "FPR %"; "pruned %"; "ms/sample"
+      "FPR 95 % interval" ]
 
 let private perDefenseChart (title: string) (axis: string) (value: Summary.DefenseMetrics -> float option) (results: AttackResult list) =
     let defenses = results.Head.Metrics |> Array.map fst
@@ -296,6 +298,7 @@ let private writeReport (s: Settings) (results: AttackResult list) =
           yield Report.Heading "5. Attack success and utility per defense"
           yield Report.Figure(perDefenseChart "Attack success rate (%) per defense" "ASR %" (fun m -> m.Asr) results)
           yield Report.Figure(perDefenseChart "Clean utility (%, official VQA accuracy) per defense" "utility %" (fun m -> m.Clean.Utility) results)
+          yield Report.Text $"The table's rates are on {s.Test} clean and {s.Test} triggered test inputs: one input is {100.0 / float s.Test:G3} points. The FPR's 95 %% interval (Wilson) says how far the rate behind it may lie; metrics.json gives one for every rate."
           yield Report.Table(tableHeader, tableRows results)
           yield Report.Heading "6. Ablations"
           yield Report.Text $"τ: purification forced on every input, on the first {min s.AblationInputs s.Test} clean and triggered test inputs; each line runs through τ·T = {taus} and no purification (lower τ prunes more). Clean samples: {s.SampleRepeats} seeded draws of n calibration samples each; threshold at the {quantile} quantile of their {Calibration.thresholdFromName results.Head.Calibration.Settings.ThresholdFrom} distances, as calibrate sets it; FPR on the calibration samples not drawn."
