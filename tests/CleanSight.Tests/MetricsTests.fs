@@ -278,7 +278,7 @@ let tests =
                     r.Fpr = p.Fpr && r.Tpr = p.Tpr))
         ]
         testList "rate intervals (95 % Wilson)" [
-            /// (k, n) from any two non-negative ints: 1 ≤ n ≤ 2000, 0 ≤ k ≤ n.
+            // (k, n) from any two non-negative ints: 1 ≤ n ≤ 2000, 0 ≤ k ≤ n
             let trials (NonNegativeInt a) (NonNegativeInt b) = let n = b % 2000 + 1 in a % (n + 1), n
             test "known values (the closed form evaluated in Python; 0 of n has high = z²/(n + z²))" {
                 for k, n, lo, hi in [ 5, 100, 0.021543679154368, 0.111750469231919

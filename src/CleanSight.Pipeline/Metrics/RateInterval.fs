@@ -1,7 +1,8 @@
 /// How precisely a measured rate (ASR, TPR, FPR: k hits of n inputs) is known: the Wilson score
 /// interval. On the demo's 100 clean inputs one false positive is a point, and one in 100 (1 %) fits
-/// a true rate anywhere from 0.2 to 5.4 %; the interval says so beside every rate of metrics.json. Wilson's rather than the
-/// normal approximation's: it stays inside [0, 1] and is not empty at k = 0 or k = n.
+/// a true rate anywhere from 0.2 to 5.4 %; the interval says so beside every rate of metrics.json.
+/// Wilson's rather than the normal approximation's: it stays inside [0, 1] and is not empty at k = 0
+/// or k = n.
 module CleanSight.Pipeline.Metrics.RateInterval
 
 open System
