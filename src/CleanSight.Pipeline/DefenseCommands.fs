@@ -126,7 +126,7 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
             printfn "%-13s %7s %7s %8s %8s %7s %7s" name (pct m.Asr) (pct m.CleanAsr) (pct m.Clean.Utility) (pct m.Poisoned.Utility)
                 (match m.Auroc with Some a -> $"{a:F3}" | None -> "-") (pct m.PrunedFraction)
         // detection per task: each task has its own clean reference, so its own FPR (with its 95 % interval)
-        let within (x: (float * float) option) = match x with Some(lo, hi) -> $" [{100.0 * lo:F1}–{100.0 * hi:F1}]" | None -> ""
+        let within (x: (float * float) option) = match x with Some ci -> $" [{Metrics.RateInterval.percentText ci}]" | None -> ""
         for name, m in metrics do
             if m.ByTask.Length > 0 then
                 let tasks = [ for task, t in m.ByTask -> $"{task}: TPR {(pct t.Tpr).Trim()} %%, FPR {(pct t.Fpr).Trim()} %%{within t.FprCi95} ({t.CleanSamples} clean)" ]

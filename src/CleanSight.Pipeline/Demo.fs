@@ -236,7 +236,7 @@ let tableRows (results: AttackResult list) =
               [ r.Attack.name; name; pct m.Asr; pct m.CleanAsr; pct m.Clean.Utility; pct m.Poisoned.Utility
                 (match m.Auroc with Some a -> $"{a:F3}" | None -> "–"); pct m.Tpr; pct m.Fpr; pct m.PrunedFraction
                 (match m.MsPerSample with Some v -> $"{v:F1}" | None -> "–")
-                (match m.FprCi95 with Some(lo, hi) -> $"{100.0 * lo:F1}–{100.0 * hi:F1}" | None -> "–") ] ]
+                (match m.FprCi95 with Some ci -> Metrics.RateInterval.percentText ci | None -> "–") ] ]
 
 let tableHeader =
     [ "attack"; "defense"; "ASR %"; "clean ASR %"; "clean utility %"; "triggered utility %"; "AUROC"; "TPR %"; "FPR %"; "pruned %"; "ms/sample"

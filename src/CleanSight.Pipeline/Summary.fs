@@ -53,8 +53,10 @@ type DefenseMetrics =
 let ofDefense (records: Record[]) =
     let clean = records |> Array.filter (fun r -> r.Split = "clean")
     let poisoned = records |> Array.filter (fun r -> r.Split = "poisoned")
-    let rate (rs: Record[]) f = rs |> Array.map (fun r -> if f r then 1.0 else 0.0) |> mean
-    let interval (rs: Record[]) f = if rs.Length = 0 then None else Some(RateInterval.ci95 (Array.filter f rs).Length rs.Length)
+    // a rate and its interval from the same count: k of the n records, None for no records
+    let hits (rs: Record[]) f = if rs.Length = 0 then None else Some((Array.filter f rs).Length, rs.Length)
+    let rate rs f = hits rs f |> Option.map (fun (k, n) -> float k / float n)
+    let interval rs f = hits rs f |> Option.map (fun (k, n) -> RateInterval.ci95 k n)
     let detected = records |> Array.exists (fun r -> r.Distance.IsSome)
     let distances (rs: Record[]) = rs |> Array.choose (fun r -> r.Distance)
     { Asr = rate poisoned (fun r -> r.AsrHit)

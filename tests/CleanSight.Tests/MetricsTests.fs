@@ -319,6 +319,10 @@ let tests =
                     let c = coverage p n
                     Expect.isTrue (c > 0.90 && c < 0.99) $"coverage at p = {p}, n = {n}: {c:F4}"
             }
+            test "as percentages for tables: one decimal, an en dash" {
+                Expect.equal (RateInterval.percentText (RateInterval.ci95 4 100)) "1.6–9.8" "4 of 100"
+                Expect.equal (RateInterval.percentText (0.0, 1.0)) "0.0–100.0" "the whole range"
+            }
             test "no trials, hits outside [0, n] and a non-positive z are refused" {
                 Expect.throwsT<ArgumentException> (fun () -> RateInterval.ci95 0 0 |> ignore) "n = 0"
                 Expect.throwsT<ArgumentException> (fun () -> RateInterval.ci95 3 2 |> ignore) "k > n"

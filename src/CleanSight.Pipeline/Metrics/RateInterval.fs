@@ -27,3 +27,6 @@ let wilson (z: float) (k: int) (n: int) : float * float =
 
 /// The 95 % interval of k hits in n trials.
 let ci95 (k: int) (n: int) = wilson z95 k n
+
+/// An interval as percentages for tables and logs: "1.6–9.8".
+let percentText (low: float, high: float) = $"{100.0 * low:F1}–{100.0 * high:F1}"
