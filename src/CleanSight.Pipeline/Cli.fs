@@ -141,6 +141,7 @@ type CalibrateArgs =
     | Samples of n: int
     | Pooled_Reference
     | In_Sample_Threshold
+    | Threshold_Rule of rule: string
     | Conditioning of kind: string
     | Template of text: string
     | Seed of n: int
@@ -155,6 +156,7 @@ type CalibrateArgs =
             | Template _ -> "prompt template with one <image> and one {question} (default: llava-1.5's); recorded in the file, and evaluate prompts with it"
             | Pooled_Reference -> "one clean reference for every task (default: one per task with ≥ 10 samples, e.g. VQA and captions)"
             | In_Sample_Threshold -> "γ from the in-sample clean distances, as the paper's code (default: leave-one-out distances)"
+            | Threshold_Rule _ -> "quantile (default, the paper's np.percentile of the clean distances: about α + (1−2α)/(n+1) of clean inputs flagged, 1.5 % for α = 1 %, n = 200) or conformal (the ⌈(n+1)(1−α)⌉-th smallest distance: at most α flagged; needs (1−α)/α samples per reference, 99 for α = 1 %)"
             | Conditioning _ -> "what each clean reference is conditioned on: none (default, the paper) or prompt-length: each feature's mean and spread as log-linear functions of the prompt text after the image"
             | Layers _ -> $"detection layers, 0-indexed, e.g. 2,3,4; or fusion: from where clean inputs begin to read the image, measured on {Defense.Fusion.defaultSamples} of the clean samples (default: 3 layers at the paper's relative depth)"
             | Whitening _ -> "diagonal (default, the paper's code) or full (Ledoit-Wolf shrinkage)"

@@ -37,6 +37,8 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let conditioning =
             checkOption "--conditioning" (fun () -> Calibration.parseConditioning (args.GetResult(CalibrateArgs.Conditioning, "none")))
         let whitening = checkOption "--whitening" (fun () -> Calibration.parseWhitening (args.GetResult(CalibrateArgs.Whitening, "diagonal")))
+        let rule = checkOption "--threshold-rule" (fun () -> Calibration.parseThresholdRule (args.GetResult(CalibrateArgs.Threshold_Rule, "quantile")))
+        let references = if args.Contains CalibrateArgs.Pooled_Reference then Calibration.Pooled else Calibration.PerTask
         // τ ≤ 0 would prune every visual token of a flagged input: that is the prune-all baseline, not a τ
         let positive option (value: float) =
             if not (value > 0.0) then raise (InputError(option, $"must be greater than 0, got {value}"))
@@ -56,6 +58,13 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let seed = args.GetResult(CalibrateArgs.Seed, 0)
         let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples |> Option.map (atLeastOne "--samples")) items
         if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
+        // the references the samples will give, known before anything is measured
+        let planned = Calibration.plannedReferences references (chosen |> Array.map _.Task)
+        if rule = Whitening.ConformalRank then
+            let need = Whitening.conformalMinimum (1.0 - fpr)
+            for what, n in planned do
+                if n < need then
+                    raise (InputError("--threshold-rule", $"conformal: {what} would have {n} clean samples, and a clean FPR of {fpr} needs at least {need} (more samples, --pooled-reference or a larger --fpr)"))
         let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question, it.Task)
         let request = layerRequest session.Config.Text.NumHiddenLayers (args.TryGetResult CalibrateArgs.Layers)
         let layers, layerRule =
@@ -63,28 +72,29 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         let settings =
             { d with Layers = layers; LayerRule = layerRule; Whitening = whitening; Quantile = 1.0 - fpr
                      Feature = feature; Tau = Option.defaultValue d.Tau tau; Seed = seed
-                     References = if args.Contains CalibrateArgs.Pooled_Reference then Calibration.Pooled else Calibration.PerTask
+                     References = references
                      ThresholdFrom = if args.Contains CalibrateArgs.In_Sample_Threshold then Calibration.InSample else Calibration.LeaveOneOut
+                     ThresholdRule = rule
                      Conditioning = conditioning }
         let calibration = Calibration.calibrate session settings samples (Progress.counter progress "calibrate")
         let p = calibration.Reference.Dimension
         if chosen.Length <= p then
             log $"note: {chosen.Length} samples for {p} feature dimensions; shrinkage {calibration.Reference.ShrinkageUsed:F3} keeps the reference usable"
         let need = Calibration.samplesForQuantile settings.Quantile
-        let references =
-            if calibration.Tasks.IsEmpty then [ "the reference", calibration.Samples ]
-            else [ for KeyValue(task, t) in calibration.Tasks -> $"the {Dataset.taskName task} reference", t.Samples ]
-        for what, n in references do
-            if n < need then
-                log $"note: {what} has {n} samples; a threshold at the {settings.Quantile} quantile needs about {need} to hold its FPR"
+        if rule = Whitening.Interpolated then
+            for what, n in planned do
+                if n < need then
+                    log $"note: {what} has {n} samples; a threshold at the {settings.Quantile} quantile needs about {need} to hold its FPR"
         let out = args.GetResult CalibrateArgs.Out
         Calibration.save out calibration
-        printfn "%s: %d samples, layers %s, %s whitening, threshold %.4g (clean quantile %.3g)"
+        printfn "%s: %d samples, layers %s, %s whitening, threshold %.4g (clean quantile %.3g, %s rule; %s)"
             out calibration.Samples (Calibration.describeLayers settings)
             (Calibration.whiteningName whitening + (if conditioning = Calibration.OnPromptLength then " prompt-length-conditioned" else ""))
-            calibration.Threshold settings.Quantile
+            calibration.Threshold settings.Quantile (Calibration.thresholdRuleName rule)
+            (Calibration.describeExpectedFpr settings calibration.Samples)
         for KeyValue(task, t) in calibration.Tasks do
-            printfn "  %s: own reference on %d samples, threshold %.4g" (Dataset.taskName task) t.Samples t.Threshold
+            printfn "  %s: own reference on %d samples, threshold %.4g (%s)" (Dataset.taskName task) t.Samples t.Threshold
+                (Calibration.describeExpectedFpr settings t.Samples)
         0)
 
 let evaluate (args: ParseResults<EvaluateArgs>) =

@@ -233,6 +233,32 @@ let tests =
                 let two = Calibration.fitReference perTask m.[.. 1]
                 Expect.equal two.CleanDistances (distances two.Reference vqa.[.. 1]) "2 samples: in-sample"
             }
+            test "the conformal rule: γ is each reference's ⌈(n+1)q⌉-th leave-one-out distance" {
+                let conformal = { perTask with Quantile = 0.9; ThresholdRule = ConformalRank }
+                let c = Calibration.fromFeatures noFingerprint "t" conformal (measured mixed)
+                for task, n, rank in [ Dataset.Vqa, 30, 28; Dataset.Caption, 12, 12 ] do // ⌈31·0.9⌉ = 28, ⌈13·0.9⌉ = 12
+                    let t = c.Tasks.[task]
+                    Expect.equal t.Samples n $"{task} samples"
+                    Expect.equal t.Threshold (Array.sort t.CleanDistances).[rank - 1] $"{task}: the {rank}-th smallest of {n}"
+                    let paper = Calibration.fitReference { conformal with ThresholdRule = Interpolated } (measured mixed |> Array.filter (snd >> (=) task) |> Array.map fst)
+                    Expect.equal paper.CleanDistances t.CleanDistances $"{task}: the same distances under either rule"
+                Expect.equal perTask.ThresholdRule Interpolated "the default is the paper's"
+                // 12 captions cannot hold a 1 % FPR by rank: the fit refuses rather than guess
+                Expect.throwsT<ArgumentException>
+                    (fun () -> Calibration.fromFeatures noFingerprint "t" { conformal with Quantile = 0.99 } (measured mixed) |> ignore) "too few"
+            }
+            test "the references calibration will fit, known from the tasks alone" {
+                let tasks (rows: (float[] * Dataset.Task)[]) = Array.map snd rows
+                Expect.equal (Calibration.plannedReferences Calibration.PerTask (tasks mixed)) [ "the vqa reference", 30; "the caption reference", 12 ] "per task"
+                Expect.equal (Calibration.plannedReferences Calibration.Pooled (tasks mixed)) [ "the reference", 42 ] "pooled"
+                let few = Array.append (rows 1 Dataset.Vqa 0.0 30) (rows 2 Dataset.Caption 5.0 9)
+                Expect.equal (Calibration.plannedReferences Calibration.PerTask (tasks few)) [ "the vqa reference", 30 ] "9 captions: no reference of their own"
+                Expect.equal (Calibration.plannedReferences Calibration.PerTask (tasks (rows 1 Dataset.Vqa 0.0 30))) [ "the reference", 30 ] "one task"
+                for rows in [ mixed; few ] do
+                    let c = Calibration.fromFeatures noFingerprint "t" perTask (measured rows)
+                    let fitted = if c.Tasks.IsEmpty then [ c.Samples ] else [ for KeyValue(_, t) in c.Tasks -> t.Samples ]
+                    Expect.equal (Calibration.plannedReferences Calibration.PerTask (tasks rows) |> List.map snd) fitted "what fromFeatures fits"
+            }
             test "samples a quantile needs: ⌈1 / (1 − q)⌉" {
                 Expect.equal (Calibration.samplesForQuantile 0.99) 100 "q = 0.99"
                 Expect.equal (Calibration.samplesForQuantile 0.95) 20 "q = 0.95"
@@ -352,6 +378,29 @@ let tests =
                 Expect.isEmpty p.Tasks "no per-task reference"
                 Expect.equal p.Settings.References Calibration.Pooled "pooled"
                 Expect.equal p.Threshold c.Threshold "the same pooled reference"
+            }
+            test "--threshold-rule conformal: refused before measuring when a reference is too small; else γ by rank, recorded" {
+                let dir = Fixtures.tempDir ()
+                let data = writeDataset (Path.Combine(dir, "data")) // 12 VQA items
+                let out = Path.Combine(dir, "cal.json")
+                let code, _, err = calibrateWith data out [ "--layers"; "0,1,2"; "--threshold-rule"; "conformal" ]
+                Expect.notEqual code 0 "non-zero exit"
+                let errLines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                Expect.equal errLines.Length 1 $"one error line, got: {err}"
+                Expect.stringContains errLines.[0] "--threshold-rule" "names the option"
+                Expect.stringContains errLines.[0] "12 clean samples" "the count"
+                Expect.stringContains errLines.[0] "at least 99" "and what a 1 % FPR needs"
+                Expect.isFalse (File.Exists out) "nothing written"
+                let code, stdout, err = calibrateWith data out [ "--layers"; "0,1,2"; "--threshold-rule"; "conformal"; "--fpr"; "0.1" ]
+                Expect.equal code 0 $"exit 0 (stderr: {err})"
+                Expect.stringContains stdout "conformal rule" "says the rule"
+                Expect.stringContains stdout "expected clean FPR 7.69 %" "(13 − ⌈13·0.9⌉)/13 = 1/13"
+                let c = Calibration.load out session.Value
+                Expect.equal c.Settings.ThresholdRule ConformalRank "recorded in the file"
+                Expect.equal c.Threshold (Array.sort c.CleanDistances).[11] "the 12th smallest of 12 (⌈13·0.9⌉ = 12)"
+                let code, _, err = calibrateWith data out [ "--threshold-rule"; "rank" ]
+                Expect.notEqual code 0 "an unknown rule"
+                Expect.stringContains err "unknown threshold rule 'rank'" "says which"
             }
             test "a malformed dataset line: one error line naming the file, non-zero exit, nothing written" {
                 let dir = Fixtures.tempDir ()

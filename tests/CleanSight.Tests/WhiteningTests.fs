@@ -312,6 +312,57 @@ let tests =
             }
         ]
 
+        testList "threshold rules: the paper's interpolated quantile and the conformal rank" [
+            let d = [| 0.3; 1.7; 0.9; 2.4; 1.1; 0.05; 3.2; 1.4; 0.6; 2.0 |] // sorted: 0.05 0.3 0.6 0.9 1.1 1.4 1.7 2.0 2.4 3.2
+            test "conformal γ is the ⌈(n+1)q⌉-th smallest distance; interpolated is `threshold`" {
+                for q, rank in [ 0.5, 6; 0.8, 9; 0.9, 10 ] do // ⌈11·0.5⌉ = 6, ⌈8.8⌉ = 9, ⌈9.9⌉ = 10
+                    Expect.equal (conformalRank q d.Length) rank $"rank at q = {q}"
+                    Expect.equal (thresholdBy ConformalRank q d) (Array.sort d).[rank - 1] $"γ at q = {q}"
+                    Expect.equal (thresholdBy Interpolated q d) (threshold q d) $"interpolated at q = {q}"
+                Expect.equal (conformalRank 0.99 99) 99 "⌈100·0.99⌉ = 99 although 100·0.99 = 99.00000000000001"
+                Expect.equal (conformalRank 0.99 200) 199 "⌈201·0.99⌉ = 199"
+            }
+            test "conformalMinimum is the least n whose rank fits among n distances; fewer are refused" {
+                for q in [ 0.5; 0.8; 0.9; 0.95; 0.99; 1.0 - 0.01; 0.995; 0.999 ] do
+                    let least = Seq.initInfinite ((+) 1) |> Seq.find (fun n -> conformalRank q n <= n)
+                    Expect.equal (conformalMinimum q) least $"q = {q}"
+                Expect.equal (conformalMinimum 0.99) 99 "99 for a 1 % FPR"
+                // q = 0.95 needs 19 distances; d has 10
+                let e = Expect.throwsC (fun () -> thresholdBy ConformalRank 0.95 d |> ignore) id
+                Expect.stringContains e.Message "at least 19" "names the minimum"
+                Expect.stringContains e.Message "got 10" "and the count"
+                Expect.throwsT<ArgumentException> (fun () -> conformalMinimum 1.0 |> ignore) "q = 1 has no conformal threshold"
+                Expect.throwsT<ArgumentException> (fun () -> thresholdBy ConformalRank 0.5 [| 1.0; nan |] |> ignore) "NaN distance"
+            }
+            // The rate a new clean input is flagged at, averaged over 4000 draws of n + 1 exchangeable
+            // distances: for uniform distances the true FPR of γ is 1 − γ, for exponential ones e^−γ.
+            // Standard errors ≈ 0.00014 (n = 200) and 0.0005 (n = 20); the rules differ by 0.005–0.05.
+            let meanFpr (rule: ThresholdRule) (q: float) (n: int) (draw: Random -> float) (survival: float -> float) =
+                let rng = Random(n * 7 + int (q * 1000.0))
+                Seq.init 4000 (fun _ -> survival (thresholdBy rule q (Array.init n (fun _ -> draw rng)))) |> Seq.average
+            let uniform (rng: Random) = rng.NextDouble()
+            let exponential (rng: Random) = -log (1.0 - rng.NextDouble())
+            for n, q in [ 200, 0.99; 20, 0.9; 120, 0.95 ] do
+                test $"n = {n}, q = {q}: each rule's mean FPR is its expectedFpr; conformal stays within the target" {
+                    let tol = 4.0 * sqrt (expectedFpr Interpolated q n / float (n + 2) / 4000.0)
+                    let interpolated = meanFpr Interpolated q n uniform (fun g -> 1.0 - g)
+                    Expect.floatClose { absolute = tol; relative = 0.0 } interpolated (expectedFpr Interpolated q n)
+                        $"interpolated, uniform distances: {interpolated:F5}"
+                    Expect.isGreaterThan interpolated (1.0 - q) "the paper's rule flags more than the target"
+                    for name, draw, survival in [ "uniform", uniform, (fun g -> 1.0 - g); "exponential", exponential, (fun g -> exp (-g)) ] do
+                        let conformal = meanFpr ConformalRank q n draw survival
+                        Expect.floatClose { absolute = tol; relative = 0.0 } conformal (expectedFpr ConformalRank q n)
+                            $"conformal, {name} distances: {conformal:F5}"
+                        Expect.isLessThanOrEqual (expectedFpr ConformalRank q n) (1.0 - q + 1e-12) "at most the target"
+                }
+            test "expectedFpr: 1.49 % and 1.00 % at n = 200, q = 0.99; the paper's rule approaches α as n grows" {
+                expectClose 1e-12 (2.99 / 201.0) (expectedFpr Interpolated 0.99 200) "(n − (n−1)q)/(n+1)"
+                expectClose 1e-12 (2.0 / 201.0) (expectedFpr ConformalRank 0.99 200) "(n + 1 − r)/(n + 1)"
+                let excess n = expectedFpr Interpolated 0.99 n - 0.01
+                Expect.isTrue (excess 100 > excess 1000 && excess 1000 > excess 10000 && excess 10000 > 0.0) "excess shrinks, stays above 0"
+            }
+        ]
+
         testList "features" [
             for feature in [ Ratio; LogRatio; VisualShare ] do
                 test $"{feature} is finite for zero inputs" {

@@ -67,13 +67,15 @@ type Settings =
       Tau: Detector.Tau
       References: References
       ThresholdFrom: ThresholdFrom
+      /// how γ is read off those distances: the paper's interpolated quantile, or a conformal rank
+      ThresholdRule: ThresholdRule
       Conditioning: Conditioning
       Seed: int }
 
 let defaultSettings (numLayers: int) =
     { Layers = Detector.defaultLayers numLayers; LayerRule = RelativeDepth; Feature = Ratio; Whitening = Diagonal
       Quantile = 0.99; Tau = Detector.defaultTau; References = PerTask
-      ThresholdFrom = LeaveOneOut; Conditioning = Unconditioned; Seed = 0 }
+      ThresholdFrom = LeaveOneOut; ThresholdRule = Interpolated; Conditioning = Unconditioned; Seed = 0 }
 
 /// The fewest calibration samples a task needs for a reference of its own (the method notes: about 10
 /// clean samples already hold the FPR under 20 %).
@@ -136,8 +138,8 @@ let formatName = "cleansight-calibration"
 /// 2: per-task references (`references`, `task_samples`, `tasks`) and `threshold_from`;
 /// 3: `layer_rule` (and, for the clean-fusion rule, `fusion_knockout`, `fusion_samples`);
 /// 4: `model.base_fingerprint`; 5: `conditioning` and each reference's `prompt_length` (null when
-/// unconditioned)
-let formatVersion = 5
+/// unconditioned); 6: `threshold_rule`
+let formatVersion = 6
 
 let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes).ToLowerInvariant()
 
@@ -209,7 +211,7 @@ let fitReference (settings: Settings) (clean: Measured[]) =
                 distance (fit settings.Whitening (conditioned l others)) (PromptLength.apply l m.TextTokens m.Features))
         | _ -> distances reference u
     { Samples = clean.Length; Length = length; Reference = reference; CleanDistances = d
-      Threshold = threshold settings.Quantile d }
+      Threshold = thresholdBy settings.ThresholdRule settings.Quantile d }
 
 /// Fits the pooled reference and, per `settings.References`, one per task on clean (measured, task)
 /// pairs: every task with at least `minTaskSamples` samples, when there is more than one task.
@@ -226,6 +228,17 @@ let fromFeatures (fp: Fingerprint) (template: string) (settings: Settings) (clea
         | _ -> Map.empty
     { Fingerprint = fp; Settings = settings; Template = template; Pooled = pooled; Tasks = tasks
       TaskSamples = byTask |> Array.map (fun (task, rows) -> task, rows.Length) |> Map.ofArray }
+
+/// The references that inputs are compared with when `fromFeatures` fits calibration samples of these
+/// tasks, named, with their sample counts: one per task with at least `minTaskSamples` (`PerTask`, more
+/// than one task), else the pooled one. (The pooled reference, fitted beside per-task ones for the tasks
+/// without, has more samples than any of them.)
+let plannedReferences (references: References) (tasks: Dataset.Task[]) =
+    let byTask = tasks |> Array.countBy id |> Array.sortBy fst
+    let own = byTask |> Array.filter (fun (_, n) -> n >= minTaskSamples)
+    match references with
+    | PerTask when byTask.Length > 1 && own.Length > 0 -> [ for task, n in own -> $"the {Dataset.taskName task} reference", n ]
+    | _ -> [ "the reference", tasks.Length ]
 
 /// Calibrates on clean (image, question, task) samples, also returning each sample's (measured,
 /// attention sums at the `record` layers) (see `featuresAndSums`); `progress done total` after each.
@@ -321,6 +334,18 @@ let parseReferences = function
     | "pooled" -> Pooled | "per-task" -> PerTask
     | s -> invalidArg "references" $"unknown references '{s}' (pooled, per-task)"
 let thresholdFromName = function InSample -> "in-sample" | LeaveOneOut -> "leave-one-out"
+let thresholdRuleName = function Interpolated -> "quantile" | ConformalRank -> "conformal"
+let parseThresholdRule = function
+    | "quantile" -> Interpolated | "conformal" -> ConformalRank
+    | s -> invalidArg "threshold_rule" $"unknown threshold rule '{s}' (quantile, conformal)"
+
+/// What a reference of n samples promises: "expected clean FPR 1.49 %" when its γ comes from
+/// leave-one-out distances (nearly exchangeable with a new input's, `expectedFpr`); in-sample
+/// distances promise no rate (the FPR lands above).
+let describeExpectedFpr (settings: Settings) (n: int) =
+    match settings.ThresholdFrom with
+    | LeaveOneOut when n >= 3 -> $"expected clean FPR {100.0 * expectedFpr settings.ThresholdRule settings.Quantile n:F2} %%"
+    | _ -> "from in-sample distances: clean FPR above the target"
 let parseThresholdFrom = function
     | "in-sample" -> InSample | "leave-one-out" -> LeaveOneOut
     | s -> invalidArg "threshold_from" $"unknown threshold_from '{s}' (in-sample, leave-one-out)"
@@ -373,6 +398,7 @@ let private body (c: Calibration) =
             "tau", tauJson c.Settings.Tau
             "references", JsonValue.Create(referencesName c.Settings.References)
             "threshold_from", JsonValue.Create(thresholdFromName c.Settings.ThresholdFrom)
+            "threshold_rule", JsonValue.Create(thresholdRuleName c.Settings.ThresholdRule)
             "conditioning", JsonValue.Create(conditioningName c.Settings.Conditioning)
             "seed", JsonValue.Create c.Settings.Seed ]
     let tasks = obj [ for KeyValue(task, t) in c.Tasks -> Dataset.taskName task, obj (referenceFields t) :> JsonNode ]
@@ -467,6 +493,7 @@ let load (path: string) (session: LlavaSession) : Calibration =
               Tau = tau
               References = parseReferences (o.["references"].GetValue<string>())
               ThresholdFrom = parseThresholdFrom (o.["threshold_from"].GetValue<string>())
+              ThresholdRule = parseThresholdRule (o.["threshold_rule"].GetValue<string>())
               Conditioning = parseConditioning (o.["conditioning"].GetValue<string>())
               Seed = o.["seed"].GetValue<int>() }
         let pooled = referenceOf whitening o

@@ -182,13 +182,17 @@ type Interpolation =
     /// 1−q of the values lies strictly above it.
     | InvertedCdf
 
-/// The q-quantile of finite values.
-let quantileWith (interpolation: Interpolation) (q: float) (values: float[]) : float =
-    if not (q >= 0.0 && q <= 1.0) then invalidArg (nameof q) $"the quantile must be in [0, 1], got {q}"
+/// Finite values in ascending order, or an error naming the first that is not (or the empty array).
+let private sortedFinite (values: float[]) =
     if isNull values || values.Length = 0 then invalidArg (nameof values) "a quantile needs at least one value, got 0"
     values |> Array.iteri (fun i v ->
         if not (Double.IsFinite v) then invalidArg (nameof values) $"value {i} of {values.Length} is {v}")
-    let sorted = Array.sort values
+    Array.sort values
+
+/// The q-quantile of finite values.
+let quantileWith (interpolation: Interpolation) (q: float) (values: float[]) : float =
+    if not (q >= 0.0 && q <= 1.0) then invalidArg (nameof q) $"the quantile must be in [0, 1], got {q}"
+    let sorted = sortedFinite values
     let n = sorted.Length
     match interpolation with
     | Linear ->
@@ -206,6 +210,53 @@ let quantileWith (interpolation: Interpolation) (q: float) (values: float[]) : f
 /// authors' code. Flag a sample when d > γ.
 let threshold (quantile: float) (cleanDistances: float[]) : float =
     quantileWith Linear quantile cleanDistances
+
+/// How γ is read off n clean distances for a target clean FPR α = 1 − q. Both promise their rate for
+/// a new clean input whose distance is exchangeable with the n (leave-one-out distances are, nearly).
+type ThresholdRule =
+    /// the q-quantile with numpy's linear interpolation (`threshold`), as the paper's code. A new clean
+    /// input lands above it with probability ≈ α + (1 − 2α)/(n + 1) (`expectedFpr`): above α for any
+    /// finite n — 1.5 % for α = 1 % and n = 200
+    | Interpolated
+    /// the r-th smallest distance, r = ⌈(n + 1)q⌉ (split conformal): a new clean input lands above it
+    /// with probability (n + 1 − r)/(n + 1) ≤ α whatever the distances' distribution; needs r ≤ n,
+    /// n ≥ `conformalMinimum` q (99 for q = 0.99)
+    | ConformalRank
+
+/// r = ⌈(n + 1)q⌉ (at least 1), the 1-based rank of γ among n distances under `ConformalRank`; above n
+/// when n is too small for q. A 1e-9 allowance keeps 0.99·100 = 99.00000000000001 at 99.
+let conformalRank (quantile: float) (n: int) = max 1 (int (ceil (float (n + 1) * quantile - 1e-9)))
+
+/// The fewest distances `ConformalRank` can read γ from at quantile q < 1: the least n with
+/// ⌈(n + 1)q⌉ ≤ n, i.e. n ≥ q/(1 − q).
+let conformalMinimum (quantile: float) =
+    if not (quantile >= 0.0 && quantile < 1.0) then invalidArg (nameof quantile) $"the quantile must be in [0, 1), got {quantile}"
+    max 1 (int (ceil (quantile / (1.0 - quantile) - 1e-9)))
+
+/// γ by `rule` for a target clean FPR of 1 − q. Flag a sample when d > γ.
+let thresholdBy (rule: ThresholdRule) (quantile: float) (cleanDistances: float[]) : float =
+    match rule with
+    | Interpolated -> threshold quantile cleanDistances
+    | ConformalRank ->
+        let need = conformalMinimum quantile
+        let sorted = sortedFinite cleanDistances
+        if sorted.Length < need then
+            invalidArg (nameof cleanDistances)
+                $"a conformal threshold for a clean FPR of {1.0 - quantile:G3} needs at least {need} clean distances, got {sorted.Length}"
+        sorted.[conformalRank quantile sorted.Length - 1]
+
+/// The probability that a new clean input exchangeable with n clean distances lands above γ of `rule`
+/// (over draws of all n + 1): exact for `ConformalRank` whatever the distribution; for `Interpolated`
+/// exact for uniformly distributed distances (E γ = (h + 1)/(n + 1), h = (n − 1)q) and close for
+/// smooth ones — n(1 − q) + q over n + 1, i.e. α + (1 − 2α)/(n + 1).
+let expectedFpr (rule: ThresholdRule) (quantile: float) (n: int) : float =
+    if n < 1 then invalidArg (nameof n) $"at least one clean distance, got {n}"
+    match rule with
+    | Interpolated -> (float n - float (n - 1) * quantile) / float (n + 1)
+    | ConformalRank ->
+        if n < conformalMinimum quantile then
+            invalidArg (nameof n) $"a conformal threshold at the {quantile} quantile needs at least {conformalMinimum quantile} clean distances, got {n}"
+        float (n + 1 - conformalRank quantile n) / float (n + 1)
 
 // ---- features ---------------------------------------------------------------------------------
 
