@@ -229,6 +229,7 @@ type DemoArgs =
     | Conditioning of kind: string
     | Feature of kind: string
     | Whitening of kind: string
+    | Threshold_Rule of rule: string
     | World of dir: string
     | No_Progress
     interface IArgParserTemplate with
@@ -243,6 +244,7 @@ type DemoArgs =
             | Conditioning _ -> "what each clean reference is conditioned on: none (default, the paper) or prompt-length: each feature's mean and spread as log-linear functions of the prompt text after the image"
             | Feature _ -> "CleanSight's feature: ratio (default, the paper's), log-ratio or visual-share"
             | Whitening _ -> "CleanSight's whitening: diagonal (default, the paper's code) or full (Ledoit-Wolf shrinkage)"
+            | Threshold_Rule _ -> "how γ is read off the clean distances: quantile (default, the paper's) or conformal (holds the 1 % FPR; needs 99 calibration samples per task)"
             | No_Progress -> "no progress output"
 
 type BenchArgs =

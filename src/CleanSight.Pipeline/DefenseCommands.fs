@@ -60,11 +60,7 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
         if chosen.Length < 2 then raise (InputError(dataPath, $"calibration needs at least 2 clean samples, found {chosen.Length}"))
         // the references the samples will give, known before anything is measured
         let planned = Calibration.plannedReferences references (chosen |> Array.map _.Task)
-        if rule = Whitening.ConformalRank then
-            let need = Whitening.conformalMinimum (1.0 - fpr)
-            for what, n in planned do
-                if n < need then
-                    raise (InputError("--threshold-rule", $"conformal: {what} would have {n} clean samples, and a clean FPR of {fpr} needs at least {need} (more samples, --pooled-reference or a larger --fpr)"))
+        Calibration.conformalShortfall rule (1.0 - fpr) planned |> Option.iter (fun problem -> raise (InputError("--threshold-rule", problem)))
         let samples = chosen |> Array.map (fun it -> RgbImage.Load(Dataset.imagePath dataPath it), it.Question, it.Task)
         let request = layerRequest session.Config.Text.NumHiddenLayers (args.TryGetResult CalibrateArgs.Layers)
         let layers, layerRule =

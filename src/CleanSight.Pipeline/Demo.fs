@@ -51,6 +51,9 @@ type Settings =
       /// `whiteningName`: plain strings for System.Text.Json, as above); default the paper's ratio, diagonal
       Feature: string
       Whitening: string
+      /// how γ is read off the clean distances, by its `calibrate` name (`Calibration.thresholdRuleName`):
+      /// default the paper's quantile
+      ThresholdRule: string
       /// the world's folder (base/ and adapters/), a full path; None: the committed world
       World: string option
       Seed: int }
@@ -59,7 +62,7 @@ let defaults out =
     { Out = out; Calibration = Materialize.defaultCalibration; Test = 100; AttentionInputs = 50; TauGrid = [ 0.2; 0.6; 1.5; 4.0 ]; AblationInputs = 20
       SampleSizes = [ 10; 25; 50; 100 ]; SampleRepeats = 20; SampleViews = 1; Layers = None; LayersByFusion = false; PooledReference = false; PromptLengthReference = false
       Feature = Calibration.featureName Whitening.Ratio; Whitening = Calibration.whiteningName Whitening.Diagonal
-      World = None; Seed = 0 }
+      ThresholdRule = Calibration.thresholdRuleName Whitening.Interpolated; World = None; Seed = 0 }
 
 /// The `--layers` request the settings hold (as two plain fields: settings.json and the config hash
 /// are written by System.Text.Json, which does not serialise F# unions).
@@ -87,6 +90,15 @@ let claimOutput (s: Settings) =
     match Files.claim (Path.Combine(s.Out, "settings.json")) "a demo settings file" [ "config_hash", box hash ] [ "config", box { s with Out = "" } ] with
     | [] -> ()
     | _ -> raise (CleanSight.Core.InputError(s.Out, $"holds a demo run with other settings (config hash now {hash.Substring(0, 12)}…, see settings.json); use another --out or delete the folder"))
+
+let private references (s: Settings) = if s.PooledReference then Calibration.Pooled else Calibration.PerTask
+
+/// Refuses, before the output folder is claimed, a conformal threshold that the calibration split's
+/// references are too small for.
+let checkThresholdRule (s: Settings) =
+    Calibration.plannedReferences (references s) (Materialize.calibrationTasks s.Calibration)
+    |> Calibration.conformalShortfall (Calibration.parseThresholdRule s.ThresholdRule) Calibration.defaultQuantile
+    |> Option.iter (fun problem -> raise (CleanSight.Core.InputError("--threshold-rule", problem)))
 
 /// One attack's results.
 type AttackResult =
@@ -175,7 +187,7 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let detectionLayers, layerRule = Calibration.resolveLayers session samples (Progress.counter p $"{attack.name}: fusion") (layerRequest s)
     let settings =
         { d with Layers = detectionLayers; LayerRule = layerRule; Seed = s.Seed
-                 References = if s.PooledReference then Calibration.Pooled else Calibration.PerTask
+                 References = references s; ThresholdRule = Calibration.parseThresholdRule s.ThresholdRule
                  Conditioning = if s.PromptLengthReference then Calibration.OnPromptLength else Calibration.Unconditioned
                  Feature = Calibration.parseFeature s.Feature; Whitening = Calibration.parseWhitening s.Whitening }
     // calibration, recording every layer in the same prefills (the clean reference of chart 2)
@@ -301,7 +313,7 @@ let private writeReport (s: Settings) (results: AttackResult list) =
           yield Report.Text $"The table's rates are on {s.Test} clean and {s.Test} triggered test inputs: one input is {100.0 / float s.Test:G3} points. The FPR's 95 %% interval (Wilson) says how far the rate behind it may lie; metrics.json gives one for every rate."
           yield Report.Table(tableHeader, tableRows results)
           yield Report.Heading "6. Ablations"
-          yield Report.Text $"τ: purification forced on every input, on the first {min s.AblationInputs s.Test} clean and triggered test inputs; each line runs through τ·T = {taus} and no purification (lower τ prunes more). Clean samples: {s.SampleRepeats} seeded draws of n calibration samples each; threshold at the {quantile} quantile of their {Calibration.thresholdFromName results.Head.Calibration.Settings.ThresholdFrom} distances, as calibrate sets it; FPR on the calibration samples not drawn."
+          yield Report.Text $"τ: purification forced on every input, on the first {min s.AblationInputs s.Test} clean and triggered test inputs; each line runs through τ·T = {taus} and no purification (lower τ prunes more). Clean samples: {s.SampleRepeats} seeded draws of n calibration samples each; threshold at the {quantile} quantile of their {Calibration.thresholdFromName results.Head.Calibration.Settings.ThresholdFrom} distances ({Calibration.thresholdRuleName results.Head.Calibration.Settings.ThresholdRule} rule), as calibrate sets it; FPR on the calibration samples not drawn."
           yield Report.Figure(Ablations.tauChart tau)
           yield Report.Figure(Ablations.sampleCountChart sampleCount) ]
 
@@ -316,6 +328,7 @@ let run (s: Settings) (p: Progress.Reporter) =
     let world = Materialize.resolve s.World
     if Attacks.all Attacks.defaultTarget |> List.forall (fun a -> not (File.Exists(Materialize.adapterPath world a.Name))) then
         raise (CleanSight.Core.InputError(Path.Combine(world, "adapters"), "holds no attack adapter (attack --name NAME --out DIR/adapters/NAME.safetensors makes one)"))
+    checkThresholdRule s
     claimOutput s
     let manifest = timed "data" (fun () -> Materialize.run world (Path.Combine(s.Out, "data")) s.Calibration s.Test p.Log)
     let attacks = manifest.attacks

@@ -36,7 +36,10 @@ let main argv =
                                 |> Defense.Calibration.featureName
                              Whitening =
                                 checkOption "--whitening" (fun () -> Defense.Calibration.parseWhitening (args.GetResult(DemoArgs.Whitening, d.Whitening)))
-                                |> Defense.Calibration.whiteningName }
+                                |> Defense.Calibration.whiteningName
+                             ThresholdRule =
+                                checkOption "--threshold-rule" (fun () -> Defense.Calibration.parseThresholdRule (args.GetResult(DemoArgs.Threshold_Rule, d.ThresholdRule)))
+                                |> Defense.Calibration.thresholdRuleName }
                     |> Demo.withLayerRequest request
             if s.Calibration < 2 then raise (InputError("--calibration", $"calibration needs at least 2 clean samples, got {s.Calibration}"))
             Progress.run (Progress.mode (args.Contains DemoArgs.No_Progress)) "demo" (Demo.run s) |> ignore

@@ -182,6 +182,13 @@ let tests =
                 let inSample = rows |> List.find (fun r -> r.Samples = 10)
                 Expect.isLessThan (abs (loo.Head.FprMean - 0.1)) (abs (inSample.FprMean - 0.1))
                     $"n = 10: leave-one-out {loo.Head.FprMean}, in-sample {inSample.FprMean}"
+                // the conformal rule serves only sizes with ⌈(n+1)q⌉ ≤ n: n ≥ 9 at q = 0.9; γ the ⌈(n+1)q⌉-th distance
+                let conformal = { settings with ThresholdRule = ConformalRank; ThresholdFrom = Calibration.LeaveOneOut }
+                let byRank = Ablations.sampleCount "badnet" conformal clean [ 5; 8; 9; 40 ] 8 0
+                Expect.equal (byRank |> List.map (fun r -> r.Samples)) [ 9; 40 ] "n < 9 skipped"
+                Expect.isLessThan (byRank |> List.find (fun r -> r.Samples = 40)).FprMean
+                    ((Ablations.sampleCount "badnet" { conformal with ThresholdRule = Interpolated } clean [ 40 ] 8 0).Head.FprMean + 1e-12)
+                    "the rank's γ is at or above the interpolated quantile: it flags no more"
                 let frame = Ablations.sampleCountFrame rows
                 Expect.equal frame.RowCount 2 "frame rows"
                 Expect.containsAll frame.ColumnKeys [ "attack"; "samples"; "fpr_mean"; "fpr_min"; "fpr_max"; "target_fpr" ] "columns"

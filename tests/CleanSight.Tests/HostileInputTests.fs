@@ -821,12 +821,21 @@ let private cliTests =
                 let out = refused case (generate extra) expected
                 Expect.equal (out.Trim()) "" $"{case}: no answer printed"
         }
-        test "demo refuses an unknown --feature or --whitening before writing anything" {
+        test "demo refuses an unknown --feature, --whitening or --threshold-rule before writing anything" {
             for option, expected in [ "--feature", "error: --feature: unknown feature 'bogus' (ratio, log-ratio, visual-share)"
-                                      "--whitening", "error: --whitening: unknown whitening 'bogus' (diagonal, full)" ] do
+                                      "--whitening", "error: --whitening: unknown whitening 'bogus' (diagonal, full)"
+                                      "--threshold-rule", "error: --threshold-rule: unknown threshold rule 'bogus' (quantile, conformal)" ] do
                 let dir = Fixtures.tempDir ()
                 refused option [ "demo"; "--out"; Path.Combine(dir, "demo"); option; "bogus"; "--no-progress" ] expected |> ignore
                 Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{option}: nothing written"
+        }
+        test "demo --threshold-rule conformal refuses a calibration split too small for it before writing anything" {
+            // 120 items: 80 questions and 40 caption requests; a 1 % conformal γ needs 99 per reference
+            let dir = Fixtures.tempDir ()
+            refused "conformal" [ "demo"; "--out"; Path.Combine(dir, "demo"); "--threshold-rule"; "conformal"; "--calibration"; "120"; "--no-progress" ]
+                "error: --threshold-rule: conformal: the vqa reference would have 80 clean samples, and a clean FPR of 0.01 needs at least 99 (more samples, a pooled reference or a larger FPR)"
+            |> ignore
+            Expect.isEmpty (Directory.GetFileSystemEntries dir) "nothing written"
         }
         test "calibrate refuses an unknown --feature, an --fpr outside (0, 1), τ ≤ 0 and --samples < 1 before measuring anything" {
             let clean, _, _, _ = evalWorld.Value

@@ -45,15 +45,19 @@ type SampleCountRow =
       /// the FPR the threshold aims at: 1 − quantile
       TargetFpr: float }
 
-/// For each n in `sizes` (2 ≤ n < samples; others are skipped): `repeats` draws of n clean samples
-/// (seeded by `seed` and n); each fits a reference and γ as calibration does with `settings`
-/// (whitening, conditioning, quantile, threshold from in-sample or leave-one-out distances), and
-/// counts the held-out samples with d > γ.
+/// For each n in `sizes` (2 ≤ n < samples, and n ≥ `Whitening.conformalMinimum` under the conformal
+/// rule; others are skipped): `repeats` draws of n clean samples (seeded by `seed` and n); each fits a
+/// reference and γ as calibration does with `settings` (whitening, conditioning, quantile, threshold
+/// from in-sample or leave-one-out distances, threshold rule), and counts the held-out samples with d > γ.
 let sampleCount (attack: string) (settings: Calibration.Settings) (clean: Calibration.Measured[])
                 (sizes: int list) (repeats: int) (seed: int) =
     if repeats < 1 then invalidArg (nameof repeats) $"need at least one draw, got {repeats}"
+    let least =
+        match settings.ThresholdRule with
+        | Interpolated -> 2
+        | ConformalRank -> max 2 (conformalMinimum settings.Quantile)
     [ for n in sizes do
-          if n >= 2 && n < clean.Length then
+          if n >= least && n < clean.Length then
               let rng = Random(seed * 7919 + n)
               let fprs =
                   Array.init repeats (fun _ ->

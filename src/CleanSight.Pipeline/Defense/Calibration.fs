@@ -72,9 +72,12 @@ type Settings =
       Conditioning: Conditioning
       Seed: int }
 
+/// The paper's threshold quantile: a target clean FPR of 1 %.
+let defaultQuantile = 0.99
+
 let defaultSettings (numLayers: int) =
     { Layers = Detector.defaultLayers numLayers; LayerRule = RelativeDepth; Feature = Ratio; Whitening = Diagonal
-      Quantile = 0.99; Tau = Detector.defaultTau; References = PerTask
+      Quantile = defaultQuantile; Tau = Detector.defaultTau; References = PerTask
       ThresholdFrom = LeaveOneOut; ThresholdRule = Interpolated; Conditioning = Unconditioned; Seed = 0 }
 
 /// The fewest calibration samples a task needs for a reference of its own (the method notes: about 10
@@ -239,6 +242,18 @@ let plannedReferences (references: References) (tasks: Dataset.Task[]) =
     match references with
     | PerTask when byTask.Length > 1 && own.Length > 0 -> [ for task, n in own -> $"the {Dataset.taskName task} reference", n ]
     | _ -> [ "the reference", tasks.Length ]
+
+/// The first planned reference (`plannedReferences`) too small for a conformal γ at `quantile`, as
+/// the one line `calibrate` and `demo` refuse with; None when every one is large enough or the rule
+/// is the paper's quantile (which takes any n ≥ 2, its FPR straying the more the fewer).
+let conformalShortfall (rule: ThresholdRule) (quantile: float) (planned: (string * int) list) =
+    match rule with
+    | Interpolated -> None
+    | ConformalRank ->
+        let need = conformalMinimum quantile
+        planned |> List.tryFind (fun (_, n) -> n < need)
+        |> Option.map (fun (what, n) ->
+            $"conformal: {what} would have {n} clean samples, and a clean FPR of {1.0 - quantile:G3} needs at least {need} (more samples, a pooled reference or a larger FPR)")
 
 /// Calibrates on clean (image, question, task) samples, also returning each sample's (measured,
 /// attention sums at the `record` layers) (see `featuresAndSums`); `progress done total` after each.

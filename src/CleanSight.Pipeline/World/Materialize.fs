@@ -52,6 +52,17 @@ let modeName = function Attacks.Replace -> "replace" | Attacks.Insert -> "insert
 let defaultCalibration = 300
 
 /// Writes DIR/{calibration,clean_test,poisoned/NAME}/data.jsonl with images, and DIR/manifest.json.
+// The test asks a caption request in about one item of ten. Calibration asks both tasks too — a
+// threshold set on VQA prompts alone flags every caption request (measured: 13 of 13 at layer 0) —
+// and each task enough times for its own reference's 0.99 quantile (≥ 100 samples): every third
+// item is a caption request, so the default 300 are 200 questions and 100 caption requests. At the
+// test's share (16 of 200) the caption threshold flagged 0–5 of 13 clean caption requests.
+let private calibrationSpec: Scenes.BuildSpec =
+    { Seed = BaseModel.Splits.calibration; Size = TinyLlava.defaults.ImageSize; Captions = Scenes.EveryNth 3; Prefix = "cal-" }
+
+/// The tasks of the first `count` calibration items, as `run` will write them (nothing rendered).
+let calibrationTasks (count: int) = Array.init count (fun i -> (Scenes.item calibrationSpec i).Task)
+
 let run (world: string) (out: string) (calibrationCount: int) (testCount: int) (log: string -> unit) =
     let size = TinyLlava.defaults.ImageSize
     let split name (spec: Scenes.BuildSpec) count =
@@ -62,13 +73,7 @@ let run (world: string) (out: string) (calibrationCount: int) (testCount: int) (
         let tasks = items |> Array.countBy (fun i -> i.Task) |> Array.map (fun (t, n) -> $"{n} {Dataset.taskName t}") |> String.concat ", "
         log $"{name}: {items.Length} items ({tasks}) → {jsonl}"
         jsonl, items
-    // The test asks a caption request in about one item of ten. Calibration asks both tasks too — a
-    // threshold set on VQA prompts alone flags every caption request (measured: 13 of 13 at layer 0) —
-    // and each task enough times for its own reference's 0.99 quantile (≥ 100 samples): every third
-    // item is a caption request, so the default 300 are 200 questions and 100 caption requests. At the
-    // test's share (16 of 200) the caption threshold flagged 0–5 of 13 clean caption requests.
-    let calibration, _ =
-        split "calibration" { Seed = BaseModel.Splits.calibration; Size = size; Captions = Scenes.EveryNth 3; Prefix = "cal-" } calibrationCount
+    let calibration, _ = split "calibration" calibrationSpec calibrationCount
     let cleanTest, testItems =
         split "clean_test" { Seed = BaseModel.Splits.cleanTest; Size = size; Captions = Scenes.Share 0.1; Prefix = "test-" } testCount
     let attacks =
