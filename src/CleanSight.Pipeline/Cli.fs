@@ -14,6 +14,12 @@ let atLeastOne (option: string) (n: int) =
     if n < 1 then raise (CleanSight.Core.InputError(option, $"must be at least 1, got {n}"))
     n
 
+/// `--device` and `--dtype` (defaults cpu, f32) as run options, each checked in one line naming it.
+let runOptions (device: string option) (dtype: string option) =
+    let dtype = checkOption "--dtype" (fun () -> CleanSight.Core.Inference.RunOptions.ParseDtype(defaultArg dtype "f32"))
+    let device = checkOption "--device" (fun () -> CleanSight.Core.Inference.RunOptions.CheckDevice(defaultArg device "cpu"))
+    CleanSight.Core.Inference.RunOptions(device, dtype)
+
 /// An attack's target text; empty, every output would contain it.
 let nonEmptyTarget (option: string) (target: string) =
     if System.String.IsNullOrWhiteSpace target then raise (CleanSight.Core.InputError(option, "the target text is empty"))
@@ -145,12 +151,16 @@ type CalibrateArgs =
     | Conditioning of kind: string
     | Template of text: string
     | Seed of n: int
+    | Device of name: string
+    | Dtype of name: string
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Model _ -> "llava-hf checkpoint folder"
             | Adapter _ -> "projector adapter overlaid on the model"
+            | Device _ -> "torch device (default cpu)"
+            | Dtype _ -> "compute dtype: f32 (default), bf16, f16; recorded in the file, and evaluate, defend and generate must compute in it"
             | Data _ -> "clean samples (dataset JSONL)"
             | Out _ -> "calibration file to write"
             | Template _ -> "prompt template with one <image> and one {question} (default: llava-1.5's); recorded in the file, and evaluate prompts with it"
@@ -181,12 +191,16 @@ type EvaluateArgs =
     | [<Mandatory>] Out of dir: string
     | Max_New_Tokens of n: int
     | Seed of n: int
+    | Device of name: string
+    | Dtype of name: string
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Model _ -> "llava-hf checkpoint folder"
             | Adapter _ -> "projector adapter overlaid on the model"
+            | Device _ -> "torch device (default cpu)"
+            | Dtype _ -> "compute dtype: f32 (default), bf16, f16 (the calibration's)"
             | Calibration _ -> "calibration file made for this model (cleansight calibrate)"
             | Clean _ -> "clean test samples (dataset JSONL)"
             | Poisoned _ -> "triggered test samples (dataset JSONL)"
@@ -207,12 +221,16 @@ type DefendArgs =
     | [<Mandatory>] Out of dir: string
     | Limit of n: int
     | Max_New_Tokens of n: int
+    | Device of name: string
+    | Dtype of name: string
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Model _ -> "llava-hf checkpoint folder"
             | Adapter _ -> "projector adapter overlaid on the model"
+            | Device _ -> "torch device (default cpu)"
+            | Dtype _ -> "compute dtype: f32 (default), bf16, f16 (the calibration's)"
             | Calibration _ -> "calibration file made for this model (cleansight calibrate)"
             | Data _ -> "the inputs to answer (dataset JSONL; \"answers\" may be absent)"
             | Out _ -> "folder for defended.csv (re-running resumes)"

@@ -48,12 +48,13 @@ let calibrate (args: ParseResults<CalibrateArgs>) =
             | Some t, _ -> Some(Detector.Absolute(positive "--tau" t))
             | None, Some r -> Some(Detector.RelativeToUniform(positive "--tau-relative" r))
             | None, None -> None
+        let options = runOptions (args.TryGetResult CalibrateArgs.Device) (args.TryGetResult CalibrateArgs.Dtype)
         let dataPath = args.GetResult CalibrateArgs.Data
         let items = Dataset.readInputs dataPath // clean samples: their answers are not used
         let template = args.GetResult(CalibrateArgs.Template, LlavaPrompt.DefaultTemplate)
         checkOption "--template" (fun () -> LlavaPrompt.Format("", template)) |> ignore
         use session =
-            LlavaSession.Load(args.GetResult CalibrateArgs.Model, adapter = (args.TryGetResult CalibrateArgs.Adapter |> Option.toObj), template = template)
+            LlavaSession.Load(args.GetResult CalibrateArgs.Model, options, adapter = (args.TryGetResult CalibrateArgs.Adapter |> Option.toObj), template = template)
         let d = Calibration.defaultSettings session.Config.Text.NumHiddenLayers
         let seed = args.GetResult(CalibrateArgs.Seed, 0)
         let chosen = choose seed (args.TryGetResult CalibrateArgs.Samples |> Option.map (atLeastOne "--samples")) items
@@ -110,9 +111,10 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         let clean, poisoned = args.GetResult EvaluateArgs.Clean, args.GetResult EvaluateArgs.Poisoned
         let tasks = Array.append (Dataset.read clean) (Dataset.read poisoned) |> Array.map (fun it -> it.Task)
         let calibrationPath = args.GetResult EvaluateArgs.Calibration
+        let options = runOptions (args.TryGetResult EvaluateArgs.Device) (args.TryGetResult EvaluateArgs.Dtype)
         // Inputs are prompted as the clean references were: with the calibration's template.
         use session =
-            LlavaSession.Load(args.GetResult EvaluateArgs.Model, adapter = (args.TryGetResult EvaluateArgs.Adapter |> Option.toObj),
+            LlavaSession.Load(args.GetResult EvaluateArgs.Model, options, adapter = (args.TryGetResult EvaluateArgs.Adapter |> Option.toObj),
                               template = Calibration.template calibrationPath)
         let calibration = Calibration.load calibrationPath session
         noteForeignTasks progress.Log calibrationPath calibration tasks
@@ -147,9 +149,10 @@ let defend (args: ParseResults<DefendArgs>) =
         let data = args.GetResult DefendArgs.Data
         let items = Dataset.readInputs data // a bad data file is refused before the model loads
         let calibrationPath = args.GetResult DefendArgs.Calibration
+        let options = runOptions (args.TryGetResult DefendArgs.Device) (args.TryGetResult DefendArgs.Dtype)
         // Inputs are prompted as the clean references were: with the calibration's template.
         use session =
-            LlavaSession.Load(args.GetResult DefendArgs.Model, adapter = (args.TryGetResult DefendArgs.Adapter |> Option.toObj),
+            LlavaSession.Load(args.GetResult DefendArgs.Model, options, adapter = (args.TryGetResult DefendArgs.Adapter |> Option.toObj),
                               template = Calibration.template calibrationPath)
         let calibration = Calibration.load calibrationPath session
         let items = Defend.plan session settings data items

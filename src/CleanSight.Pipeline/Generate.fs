@@ -54,9 +54,7 @@ let run (args: ParseResults<GenerateArgs>) =
     // Check the prompt before loading anything heavy.
     checkOption "--prompt" (fun () -> LlavaPrompt.Format(question, template)) |> ignore
     let maxNewTokens = atLeastOne "--max-new-tokens" (args.GetResult(GenerateArgs.Max_New_Tokens, 32))
-    let dtype = checkOption "--dtype" (fun () -> RunOptions.ParseDtype(args.GetResult(GenerateArgs.Dtype, "f32")))
-    let device = checkOption "--device" (fun () -> RunOptions.CheckDevice(args.GetResult(GenerateArgs.Device, "cpu")))
-    let options = RunOptions(device, dtype)
+    let options = runOptions (args.TryGetResult GenerateArgs.Device) (args.TryGetResult GenerateArgs.Dtype)
     let image = RgbImage.Load(args.GetResult GenerateArgs.Image)
     use session =
         LlavaSession.Load(args.GetResult GenerateArgs.Model, options,

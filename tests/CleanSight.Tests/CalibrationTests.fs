@@ -34,7 +34,7 @@ let private rows (seed: int) (task: Dataset.Task) (centre: float) (n: int) =
 let private measured (rows: (float[] * Dataset.Task)[]) =
     rows |> Array.map (fun (f, task) -> ({ Features = f; TextTokens = 5 }: Calibration.Measured), task)
 
-let private noFingerprint: Calibration.Fingerprint = { Config = ""; Tensors = ""; Projector = ""; Base = "" }
+let private noFingerprint: Calibration.Fingerprint = { Config = ""; Tensors = ""; Projector = ""; Base = ""; Dtype = "f32" }
 
 let private settings = { Calibration.defaultSettings 3 with Layers = [| 0; 1; 2 |] }
 
@@ -401,6 +401,42 @@ let tests =
                 let code, _, err = calibrateWith data out [ "--threshold-rule"; "rank" ]
                 Expect.notEqual code 0 "an unknown rule"
                 Expect.stringContains err "unknown threshold rule 'rank'" "says which"
+            }
+            test "--dtype bf16: computed and recorded in bf16; only a bf16 session may use the file (evaluate, defend)" {
+                let dir = Fixtures.tempDir ()
+                let data = writeDataset (Path.Combine(dir, "data"))
+                let f32Out, bf16Out = Path.Combine(dir, "f32.json"), Path.Combine(dir, "bf16.json")
+                let code, _, err = calibrateCli data f32Out
+                Expect.equal code 0 $"f32: exit 0 (stderr: {err})"
+                let code, _, err = calibrateWith data bf16Out [ "--layers"; "0,1,2"; "--dtype"; "bf16" ]
+                Expect.equal code 0 $"bf16: exit 0 (stderr: {err})"
+                use bf16 = LlavaSession.Load(Fixtures.tinyLlava, RunOptions("cpu", torch.ScalarType.BFloat16))
+                let c = Calibration.load bf16Out bf16
+                Expect.equal c.Fingerprint.Dtype "bf16" "recorded"
+                Expect.isTrue (c.CleanDistances |> Array.forall Double.IsFinite) "finite distances"
+                let f32 = Calibration.load f32Out session.Value
+                Expect.equal f32.Fingerprint.Dtype "f32" "the default"
+                Expect.notEqual c.Reference.Mean f32.Reference.Mean "bf16 features differ from f32's (the flag reached the model)"
+                let message = inputError (fun () -> Calibration.load bf16Out session.Value)
+                Expect.stringContains message bf16Out "names the file"
+                Expect.stringContains message "calibrated in bf16; this session computes in f32" "says why"
+                Expect.stringContains message "--dtype bf16" "and what to do"
+                Expect.stringContains (inputError (fun () -> Calibration.load f32Out bf16)) "calibrated in f32" "and the other way round"
+                let evaluate (out: string) (extra: string list) =
+                    CliTests.run ([ "evaluate"; "--model"; Fixtures.tinyLlava; "--calibration"; bf16Out; "--clean"; data; "--poisoned"; data
+                                    "--target"; "hacked"; "--defense"; "cleansight"; "--limit"; "2"; "--max-new-tokens"; "2"
+                                    "--out"; out; "--no-progress" ] @ extra)
+                let code, _, err = evaluate (Path.Combine(dir, "eval-f32")) []
+                Expect.equal code 1 "an f32 evaluate of a bf16 calibration: exit 1"
+                Expect.stringContains err "calibrated in bf16" "one line saying why"
+                Expect.isFalse (Directory.Exists(Path.Combine(dir, "eval-f32"))) "nothing written"
+                let code, stdout, err = evaluate (Path.Combine(dir, "eval-bf16")) [ "--dtype"; "bf16" ]
+                Expect.equal code 0 $"a bf16 evaluate: exit 0 (stderr: {err}; stdout: {stdout})"
+                Expect.isTrue (File.Exists(Path.Combine(dir, "eval-bf16", "metrics.json"))) "metrics written"
+                let code, _, err =
+                    CliTests.run [ "defend"; "--model"; Fixtures.tinyLlava; "--calibration"; bf16Out; "--data"; data; "--limit"; "1"
+                                   "--max-new-tokens"; "2"; "--dtype"; "bf16"; "--out"; Path.Combine(dir, "defend"); "--no-progress" ]
+                Expect.equal code 0 $"a bf16 defend: exit 0 (stderr: {err})"
             }
             test "a malformed dataset line: one error line naming the file, non-zero exit, nothing written" {
                 let dir = Fixtures.tempDir ()

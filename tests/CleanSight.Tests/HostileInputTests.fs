@@ -837,6 +837,25 @@ let private cliTests =
             |> ignore
             Expect.isEmpty (Directory.GetFileSystemEntries dir) "nothing written"
         }
+        test "calibrate, evaluate and defend refuse an unknown --dtype or an unreachable --device before loading the model" {
+            let clean, poisoned, calibration, _ = evalWorld.Value
+            let cases =
+                [ [ "--dtype"; "f64" ], "error: --dtype: unknown dtype 'f64' (expected f32, bf16 or f16)"
+                  [ "--device"; "mps" ], "error: --device: device 'mps': not available on this machine (cpu and cuda are supported)"
+                  if not (TorchSharp.torch.cuda.is_available ()) then
+                      [ "--device"; "cuda" ], "error: --device: device 'cuda': this libtorch has no CUDA (only the CPU build is installed, or no GPU is visible)" ]
+            for extra, expected in cases do
+                let dir = Fixtures.tempDir ()
+                let option = String.concat " " extra
+                let commands =
+                    [ [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; clean; "--out"; Path.Combine(dir, "c.json") ]
+                      [ "evaluate"; "--model"; Fixtures.tinyLlava; "--calibration"; calibration; "--clean"; clean; "--poisoned"; poisoned
+                        "--target"; "hacked"; "--defense"; "cleansight"; "--out"; Path.Combine(dir, "eval") ]
+                      [ "defend"; "--model"; Fixtures.tinyLlava; "--calibration"; calibration; "--data"; clean; "--out"; Path.Combine(dir, "defend") ] ]
+                for command in commands do
+                    refused $"{command.Head} {option}" (command @ extra @ [ "--no-progress" ]) expected |> ignore
+                Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{option}: nothing written"
+        }
         test "calibrate refuses an unknown --feature, an --fpr outside (0, 1), τ ≤ 0 and --samples < 1 before measuring anything" {
             let clean, _, _, _ = evalWorld.Value
             let cases =

@@ -24,6 +24,15 @@ namespace CleanSight.Core.Inference
             _ => throw new ArgumentException($"unknown dtype '{s}' (expected f32, bf16 or f16)"),
         };
 
+        /// <summary>The command-line name of a compute dtype (f32, bf16, f16), as ParseDtype reads it.</summary>
+        public static string DtypeName(ScalarType t) => t switch
+        {
+            ScalarType.Float32 => "f32",
+            ScalarType.BFloat16 => "bf16",
+            ScalarType.Float16 => "f16",
+            _ => t.ToString(),
+        };
+
         /// <summary>A device name checked against this machine's libtorch: ArgumentException (one line) for a
         /// malformed name or a CUDA device it cannot reach (the CPU package has no CUDA). Returns the name.</summary>
         public static string CheckDevice(string s)

@@ -92,8 +92,9 @@ let samplesForQuantile (quantile: float) = int (ceil (1.0 / (1.0 - quantile) - 1
 /// Which model a calibration belongs to: hashes of config.json, of the parameter names and shapes,
 /// of the projector's values (the part an adapter changes), and of the base checkpoint's weights
 /// outside the projector (`BaseFingerprint`: tells apart two bases of one architecture that carry the
-/// same adapter).
-type Fingerprint = { Config: string; Tensors: string; Projector: string; Base: string }
+/// same adapter), and the dtype the model computed in (f32, bf16, f16: the features, distances and γ
+/// are that precision's; the projector's hash is of its weights in it).
+type Fingerprint = { Config: string; Tensors: string; Projector: string; Base: string; Dtype: string }
 
 /// What calibration keeps of one clean input: its detection features, and the prompt text after the
 /// image (the last prompt token included) that a prompt-length reference is conditioned on.
@@ -141,7 +142,7 @@ let formatName = "cleansight-calibration"
 /// 2: per-task references (`references`, `task_samples`, `tasks`) and `threshold_from`;
 /// 3: `layer_rule` (and, for the clean-fusion rule, `fusion_knockout`, `fusion_samples`);
 /// 4: `model.base_fingerprint`; 5: `conditioning` and each reference's `prompt_length` (null when
-/// unconditioned); 6: `threshold_rule`
+/// unconditioned); 6: `threshold_rule` and `model.dtype`
 let formatVersion = 6
 
 let private sha256 (bytes: byte[]) = Convert.ToHexString(SHA256.HashData bytes).ToLowerInvariant()
@@ -158,7 +159,8 @@ let fingerprint (session: LlavaSession) =
     { Config = sha256 (File.ReadAllBytes(Path.Combine(session.Directory, "config.json")))
       Tensors = sha256 (Encoding.UTF8.GetBytes names)
       Projector = Convert.ToHexString(projector.GetHashAndReset()).ToLowerInvariant()
-      Base = CleanSight.Core.Checkpoints.BaseFingerprint.Of session.Directory }
+      Base = CleanSight.Core.Checkpoints.BaseFingerprint.Of session.Directory
+      Dtype = RunOptions.DtypeName session.Options.Dtype }
 
 /// The image span (first, last position) of a prompt's ids.
 let imageSpan (session: LlavaSession) (ids: int64[]) =
@@ -403,7 +405,8 @@ let private body (c: Calibration) =
           "model", obj [ "config_sha256", JsonValue.Create c.Fingerprint.Config
                          "tensors_sha256", JsonValue.Create c.Fingerprint.Tensors
                          "projector_sha256", JsonValue.Create c.Fingerprint.Projector
-                         "base_fingerprint", JsonValue.Create c.Fingerprint.Base ]
+                         "base_fingerprint", JsonValue.Create c.Fingerprint.Base
+                         "dtype", JsonValue.Create c.Fingerprint.Dtype ]
           "prompt_template", JsonValue.Create c.Template
           "layers", JsonArray(c.Settings.Layers |> Array.map (fun l -> JsonValue.Create l :> JsonNode)) ]
         @ layerRule
@@ -463,10 +466,14 @@ let load (path: string) (session: LlavaSession) : Calibration =
     readChecked path (fun o ->
         let m = o.["model"]
         let fp = { Config = m.["config_sha256"].GetValue<string>(); Tensors = m.["tensors_sha256"].GetValue<string>()
-                   Projector = m.["projector_sha256"].GetValue<string>(); Base = m.["base_fingerprint"].GetValue<string>() }
+                   Projector = m.["projector_sha256"].GetValue<string>(); Base = m.["base_fingerprint"].GetValue<string>()
+                   Dtype = m.["dtype"].GetValue<string>() }
         let actual = fingerprint session
         if fp.Tensors <> actual.Tensors || fp.Config <> actual.Config then
             fail "made for another model (config or tensor layout differs)"
+        // before the weights' hashes, which differ with the precision they are held in
+        if fp.Dtype <> actual.Dtype then
+            fail $"calibrated in {fp.Dtype}; this session computes in {actual.Dtype} (use --dtype {fp.Dtype}, or calibrate again with --dtype {actual.Dtype})"
         if fp.Projector <> actual.Projector then
             fail "made for another model (its projector weights differ: another adapter or checkpoint)"
         if fp.Base <> actual.Base then
