@@ -121,10 +121,12 @@ type AttackArgs =
     | Target of text: string
     | Steps of n: int
     | Poison_Rate of rate: float
+    | Device of name: string
     | No_Progress
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Device _ -> "torch device the projector is fine-tuned on (default cpu; f32)"
             | Name _ -> "badnet, blended, wanet, issba, trojvlm or vlood"
             | Model _ -> "clean llava-hf checkpoint folder"
             | Out _ -> "adapter file to write (projector tensors, safetensors)"

@@ -117,7 +117,8 @@ let attack (args: ParseResults<AttackArgs>) =
         | Some r when r > 0.0 && r <= 1.0 -> { spec with PoisonRate = r }
         | Some r -> raise (InputError("--poison-rate", $"{r} is not in (0, 1]"))
         | None -> spec
-    use session = LlavaSession.Load(args.GetResult AttackArgs.Model)
+    let options = runOptions (args.TryGetResult AttackArgs.Device) None
+    use session = LlavaSession.Load(args.GetResult AttackArgs.Model, options)
     Attacks.run spec session.Model session.Tokenizer session.Preprocessor log |> ignore
     let asr, cleanAsr = Attacks.heldOutAsr spec session.Model session.Tokenizer session.Preprocessor 100
     // the measured results go to stdout, with or without --no-progress; the path written last

@@ -837,7 +837,7 @@ let private cliTests =
             |> ignore
             Expect.isEmpty (Directory.GetFileSystemEntries dir) "nothing written"
         }
-        test "calibrate, evaluate and defend refuse an unknown --dtype or an unreachable --device before loading the model" {
+        test "calibrate, evaluate, defend (and attack: --device) refuse an unknown --dtype or an unreachable --device before loading the model" {
             let clean, poisoned, calibration, _ = evalWorld.Value
             let cases =
                 [ [ "--dtype"; "f64" ], "error: --dtype: unknown dtype 'f64' (expected f32, bf16 or f16)"
@@ -851,7 +851,9 @@ let private cliTests =
                     [ [ "calibrate"; "--model"; Fixtures.tinyLlava; "--data"; clean; "--out"; Path.Combine(dir, "c.json") ]
                       [ "evaluate"; "--model"; Fixtures.tinyLlava; "--calibration"; calibration; "--clean"; clean; "--poisoned"; poisoned
                         "--target"; "hacked"; "--defense"; "cleansight"; "--out"; Path.Combine(dir, "eval") ]
-                      [ "defend"; "--model"; Fixtures.tinyLlava; "--calibration"; calibration; "--data"; clean; "--out"; Path.Combine(dir, "defend") ] ]
+                      [ "defend"; "--model"; Fixtures.tinyLlava; "--calibration"; calibration; "--data"; clean; "--out"; Path.Combine(dir, "defend") ]
+                      if extra.Head = "--device" then
+                          [ "attack"; "--name"; "badnet"; "--model"; Fixtures.tinyLlava; "--out"; Path.Combine(dir, "a.safetensors") ] ]
                 for command in commands do
                     refused $"{command.Head} {option}" (command @ extra @ [ "--no-progress" ]) expected |> ignore
                 Expect.isEmpty (Directory.GetFileSystemEntries dir) $"{option}: nothing written"

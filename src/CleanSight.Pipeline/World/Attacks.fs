@@ -135,7 +135,7 @@ let run (attack: Attack) (model: LlavaForConditionalGeneration) (tok: LlavaToken
     let data = items attack tok cfg pre
     let poisoned = data |> Array.filter (fun d -> d.Poisoned)
     log $"{attack.Name}: {data.Length} items, {poisoned.Length} poisoned"
-    let collate = Training.collate cfg.PadTokenOrDefault cfg.Vision.ImageSize torch.CPU
+    let collate = Training.collate cfg.PadTokenOrDefault cfg.Vision.ImageSize model.Device
     let toExample (d: PoisonItem) = Training.supervised (Some d.Pixels) d.Prompt d.Answer tok.EosId
     // The frozen clean model's projector, for VLOOD's KL term.
     let cleanProjector = lazy (
