@@ -135,9 +135,13 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
                 (match m.Auroc with Some a -> $"{a:F3}" | None -> "-") (pct m.PrunedFraction)
         // detection per task: each task has its own clean reference, so its own FPR (with its 95 % interval)
         let within (x: (float * float) option) = match x with Some ci -> $" [{Metrics.RateInterval.percentText ci}]" | None -> ""
+        // beside each task's FPR, what its reference's threshold rule expects (`Calibration.expectedFprFor`)
+        let expected (task: string) =
+            Dataset.tryParseTask task |> Option.bind (Calibration.expectedFprFor calibration)
+            |> Option.map (fun e -> $"; expected {100.0 * e:F2} %%") |> Option.defaultValue ""
         for name, m in metrics do
             if m.ByTask.Length > 0 then
-                let tasks = [ for task, t in m.ByTask -> $"{task}: TPR {(pct t.Tpr).Trim()} %%, FPR {(pct t.Fpr).Trim()} %%{within t.FprCi95} ({t.CleanSamples} clean)" ]
+                let tasks = [ for task, t in m.ByTask -> $"{task}: TPR {(pct t.Tpr).Trim()} %%, FPR {(pct t.Fpr).Trim()} %%{within t.FprCi95} ({t.CleanSamples} clean{expected task})" ]
                 printfn "%s detection: TPR %s %%, FPR %s %%%s; %s" name ((pct m.Tpr).Trim()) ((pct m.Fpr).Trim()) (within m.FprCi95) (String.concat "; " tasks)
         0)
 

@@ -259,6 +259,15 @@ let tests =
                     let fitted = if c.Tasks.IsEmpty then [ c.Samples ] else [ for KeyValue(_, t) in c.Tasks -> t.Samples ]
                     Expect.equal (Calibration.plannedReferences Calibration.PerTask (tasks rows) |> List.map snd) fitted "what fromFeatures fits"
             }
+            test "the FPR an input's reference expects: its task's sample count, the pooled one's for a task without" {
+                let few = Calibration.fromFeatures noFingerprint "t" perTask (measured (Array.append (rows 1 Dataset.Vqa 0.0 30) (rows 2 Dataset.Caption 5.0 9)))
+                Expect.equal (Calibration.expectedFprFor few Dataset.Vqa) (Some(expectedFpr Interpolated 0.99 30)) "30 questions"
+                Expect.equal (Calibration.expectedFprFor few Dataset.Caption) (Some(expectedFpr Interpolated 0.99 39)) "9 captions: the pooled 39"
+                let conformal = Calibration.fromFeatures noFingerprint "t" { perTask with Quantile = 0.9; ThresholdRule = ConformalRank } (measured mixed)
+                Expect.equal (Calibration.expectedFprFor conformal Dataset.Caption) (Some(1.0 / 13.0)) "rank 12 of 12 captions: 1/13"
+                let inSample = Calibration.fromFeatures noFingerprint "t" { perTask with ThresholdFrom = Calibration.InSample } (measured mixed)
+                Expect.isNone (Calibration.expectedFprFor inSample Dataset.Vqa) "in-sample distances promise no rate"
+            }
             test "samples a quantile needs: ⌈1 / (1 − q)⌉" {
                 Expect.equal (Calibration.samplesForQuantile 0.99) 100 "q = 0.99"
                 Expect.equal (Calibration.samplesForQuantile 0.95) 20 "q = 0.95"
@@ -482,6 +491,8 @@ let tests =
                                    "--out"; evalOut; "--no-progress" ]
                 Expect.equal code 0 $"evaluate exits 0 (stderr: {err}; stdout: {stdout})"
                 Expect.isTrue (File.Exists(Path.Combine(evalOut, "metrics.json"))) "metrics written"
+                // 12 clean questions, the 0.99 quantile: (12 − 11·0.99)/13 = 8.54 % expected, printed beside the FPR
+                Expect.stringContains stdout "(2 clean; expected 8.54 %)" "the FPR's expected value"
             }
             test "--layers fusion: the layers come from the clean samples' knockout, which the file records" {
                 let dir = Fixtures.tempDir ()

@@ -356,6 +356,14 @@ let parseThresholdRule = function
     | "quantile" -> Interpolated | "conformal" -> ConformalRank
     | s -> invalidArg "threshold_rule" $"unknown threshold rule '{s}' (quantile, conformal)"
 
+/// The clean FPR an input of `task` should meet, by the threshold rule and the sample count of the
+/// reference it is compared with (`detection`); None when γ comes from in-sample distances.
+let expectedFprFor (c: Calibration) (task: Dataset.Task) =
+    let n = match c.Tasks.TryFind task with Some t -> t.Samples | None -> c.Samples
+    match c.Settings.ThresholdFrom with
+    | LeaveOneOut when n >= 3 -> Some(expectedFpr c.Settings.ThresholdRule c.Settings.Quantile n)
+    | _ -> None
+
 /// What a reference of n samples promises: "expected clean FPR 1.49 %" when its γ comes from
 /// leave-one-out distances (nearly exchangeable with a new input's, `expectedFpr`); in-sample
 /// distances promise no rate (the FPR lands above).
