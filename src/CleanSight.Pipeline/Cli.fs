@@ -126,13 +126,13 @@ type AttackArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Device _ -> "torch device the projector is fine-tuned on (default cpu; f32)"
             | Name _ -> "badnet, blended, wanet, issba, trojvlm or vlood"
             | Model _ -> "clean llava-hf checkpoint folder"
             | Out _ -> "adapter file to write (projector tensors, safetensors)"
             | Target _ -> "target text (default: you have been hacked lol)"
             | Steps _ -> "projector fine-tuning steps"
             | Poison_Rate _ -> "share of training items poisoned (0..1)"
+            | Device _ -> "torch device the projector is fine-tuned on (default cpu; f32)"
             | No_Progress -> "no progress output"
 
 type CalibrateArgs =

@@ -356,24 +356,29 @@ let parseThresholdRule = function
     | "quantile" -> Interpolated | "conformal" -> ConformalRank
     | s -> invalidArg "threshold_rule" $"unknown threshold rule '{s}' (quantile, conformal)"
 
-/// The clean FPR an input of `task` should meet, by the threshold rule and the sample count of the
-/// reference it is compared with (`detection`); None when γ comes from in-sample distances.
-let expectedFprFor (c: Calibration) (task: Dataset.Task) =
-    let n = match c.Tasks.TryFind task with Some t -> t.Samples | None -> c.Samples
-    match c.Settings.ThresholdFrom with
-    | LeaveOneOut when n >= 3 -> Some(expectedFpr c.Settings.ThresholdRule c.Settings.Quantile n)
-    | _ -> None
-
-/// What a reference of n samples promises: "expected clean FPR 1.49 %" when its γ comes from
-/// leave-one-out distances (nearly exchangeable with a new input's, `expectedFpr`); in-sample
-/// distances promise no rate (the FPR lands above).
-let describeExpectedFpr (settings: Settings) (n: int) =
-    match settings.ThresholdFrom with
-    | LeaveOneOut when n >= 3 -> $"expected clean FPR {100.0 * expectedFpr settings.ThresholdRule settings.Quantile n:F2} %%"
-    | _ -> "from in-sample distances: clean FPR above the target"
 let parseThresholdFrom = function
     | "in-sample" -> InSample | "leave-one-out" -> LeaveOneOut
     | s -> invalidArg "threshold_from" $"unknown threshold_from '{s}' (in-sample, leave-one-out)"
+
+/// The clean FPR a reference of n samples expects of new clean inputs under `settings`' threshold rule
+/// (`Whitening.expectedFpr`) when γ comes from leave-one-out distances (nearly exchangeable with a new
+/// input's); None from in-sample distances (the FPR lands above the target).
+let expectedFprOf (settings: Settings) (n: int) =
+    match settings.ThresholdFrom with
+    | LeaveOneOut when n >= 3 -> Some(expectedFpr settings.ThresholdRule settings.Quantile n)
+    | _ -> None
+
+/// The clean FPR an input of `task` should meet: `expectedFprOf` the reference it is compared with
+/// (`detection`: its task's, or the pooled one).
+let expectedFprFor (c: Calibration) (task: Dataset.Task) =
+    expectedFprOf c.Settings (match c.Tasks.TryFind task with Some t -> t.Samples | None -> c.Samples)
+
+/// "expected clean FPR 1.49 %" for a reference of n samples, or why no rate is expected.
+let describeExpectedFpr (settings: Settings) (n: int) =
+    match expectedFprOf settings n with
+    | Some e -> $"expected clean FPR {100.0 * e:F2} %%"
+    | None -> "from in-sample distances: clean FPR above the target"
+
 let tauJson = function
     | Detector.Absolute t -> obj [ "kind", JsonValue.Create "absolute"; "value", JsonValue.Create t ]
     | Detector.RelativeToUniform r -> obj [ "kind", JsonValue.Create "relative"; "value", JsonValue.Create r ]

@@ -255,7 +255,7 @@ let expectedFpr (rule: ThresholdRule) (quantile: float) (n: int) : float =
     | Interpolated -> (float n - float (n - 1) * quantile) / float (n + 1)
     | ConformalRank ->
         if n < conformalMinimum quantile then
-            invalidArg (nameof n) $"a conformal threshold at the {quantile} quantile needs at least {conformalMinimum quantile} clean distances, got {n}"
+            invalidArg (nameof n) $"a conformal threshold for a clean FPR of {1.0 - quantile:G3} needs at least {conformalMinimum quantile} clean distances, got {n}"
         float (n + 1 - conformalRank quantile n) / float (n + 1)
 
 // ---- features ---------------------------------------------------------------------------------
