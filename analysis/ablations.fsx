@@ -63,6 +63,12 @@ for attack in Attacks.all Attacks.defaultTarget do
                 let t = Calibration.fitReference { settings with ThresholdFrom = from } measured
                 let fpr = cleanFeatures |> Array.averageBy (fun f -> if Whitening.distance t.Reference f > t.Threshold then 1.0 else 0.0)
                 rows.Add(attack.Name, $"clean samples → FPR ({Calibration.thresholdFromName from} γ)", string n, fpr)
+        // the same with γ at the conformal rank (calibrate --threshold-rule conformal), from the 99 samples it needs
+        for n in [ 100; 200 ] do
+            let measured = calFeatures |> Array.truncate n |> Array.map (fun f -> ({ Features = f; TextTokens = 1 }: Calibration.Measured))
+            let t = Calibration.fitReference { settings with ThresholdRule = Whitening.ConformalRank } measured
+            let fpr = cleanFeatures |> Array.averageBy (fun f -> if Whitening.distance t.Reference f > t.Threshold then 1.0 else 0.0)
+            rows.Add(attack.Name, "clean samples → FPR (leave-one-out γ, conformal rank)", string n, fpr)
         printfn "%s: done" attack.Name
 
 // τ sweep on one attack: purification forced on every triggered/clean input (isolates τ from detection)
