@@ -56,19 +56,17 @@ for attack in Attacks.all Attacks.defaultTarget do
         // distances, as the paper's code, and of the leave-one-out distances, calibrate's default)
         let settings = { Calibration.defaultSettings layersOf with Layers = det }
         let calFeatures, cleanFeatures = cal |> Array.map (AttentionStealing.featuresAt settings.Feature det), clean |> Array.map (AttentionStealing.featuresAt settings.Feature det)
+        let fprFrom (s: Calibration.Settings) n =
+            // unconditioned settings (the default) never read the prompt length: 1 stands in for it
+            let measured = calFeatures |> Array.truncate n |> Array.map (fun f -> ({ Features = f; TextTokens = 1 }: Calibration.Measured))
+            let t = Calibration.fitReference s measured
+            cleanFeatures |> Array.averageBy (fun f -> if Whitening.distance t.Reference f > t.Threshold then 1.0 else 0.0)
         for from in [ Calibration.InSample; Calibration.LeaveOneOut ] do
             for n in [ 10; 25; 50; 100; 200 ] do
-                // unconditioned settings (the default) never read the prompt length: 1 stands in for it
-                let measured = calFeatures |> Array.truncate n |> Array.map (fun f -> ({ Features = f; TextTokens = 1 }: Calibration.Measured))
-                let t = Calibration.fitReference { settings with ThresholdFrom = from } measured
-                let fpr = cleanFeatures |> Array.averageBy (fun f -> if Whitening.distance t.Reference f > t.Threshold then 1.0 else 0.0)
-                rows.Add(attack.Name, $"clean samples → FPR ({Calibration.thresholdFromName from} γ)", string n, fpr)
+                rows.Add(attack.Name, $"clean samples → FPR ({Calibration.thresholdFromName from} γ)", string n, fprFrom { settings with ThresholdFrom = from } n)
         // the same with γ at the conformal rank (calibrate --threshold-rule conformal), from the 99 samples it needs
         for n in [ 100; 200 ] do
-            let measured = calFeatures |> Array.truncate n |> Array.map (fun f -> ({ Features = f; TextTokens = 1 }: Calibration.Measured))
-            let t = Calibration.fitReference { settings with ThresholdRule = Whitening.ConformalRank } measured
-            let fpr = cleanFeatures |> Array.averageBy (fun f -> if Whitening.distance t.Reference f > t.Threshold then 1.0 else 0.0)
-            rows.Add(attack.Name, "clean samples → FPR (leave-one-out γ, conformal rank)", string n, fpr)
+            rows.Add(attack.Name, "clean samples → FPR (leave-one-out γ, conformal rank)", string n, fprFrom { settings with ThresholdRule = Whitening.ConformalRank } n)
         printfn "%s: done" attack.Name
 
 // τ sweep on one attack: purification forced on every triggered/clean input (isolates τ from detection)

@@ -233,17 +233,20 @@ let conformalMinimum (quantile: float) =
     if not (quantile >= 0.0 && quantile < 1.0) then invalidArg (nameof quantile) $"the quantile must be in [0, 1), got {quantile}"
     max 1 (int (ceil (quantile / (1.0 - quantile) - 1e-9)))
 
+/// n clean distances, refused when a conformal γ at quantile q cannot be read off so few.
+let private enoughForConformal (quantile: float) (n: int) =
+    let need = conformalMinimum quantile
+    if n < need then
+        invalidArg "cleanDistances" $"a conformal threshold for a clean FPR of {1.0 - quantile:G3} needs at least {need} clean distances, got {n}"
+    n
+
 /// γ by `rule` for a target clean FPR of 1 − q. Flag a sample when d > γ.
 let thresholdBy (rule: ThresholdRule) (quantile: float) (cleanDistances: float[]) : float =
     match rule with
     | Interpolated -> threshold quantile cleanDistances
     | ConformalRank ->
-        let need = conformalMinimum quantile
         let sorted = sortedFinite cleanDistances
-        if sorted.Length < need then
-            invalidArg (nameof cleanDistances)
-                $"a conformal threshold for a clean FPR of {1.0 - quantile:G3} needs at least {need} clean distances, got {sorted.Length}"
-        sorted.[conformalRank quantile sorted.Length - 1]
+        sorted.[conformalRank quantile (enoughForConformal quantile sorted.Length) - 1]
 
 /// The probability that a new clean input exchangeable with n clean distances lands above γ of `rule`
 /// (over draws of all n + 1): exact for `ConformalRank` whatever the distribution; for `Interpolated`
@@ -253,10 +256,7 @@ let expectedFpr (rule: ThresholdRule) (quantile: float) (n: int) : float =
     if n < 1 then invalidArg (nameof n) $"at least one clean distance, got {n}"
     match rule with
     | Interpolated -> (float n - float (n - 1) * quantile) / float (n + 1)
-    | ConformalRank ->
-        if n < conformalMinimum quantile then
-            invalidArg (nameof n) $"a conformal threshold for a clean FPR of {1.0 - quantile:G3} needs at least {conformalMinimum quantile} clean distances, got {n}"
-        float (n + 1 - conformalRank quantile n) / float (n + 1)
+    | ConformalRank -> float (n + 1 - conformalRank quantile (enoughForConformal quantile n)) / float (n + 1)
 
 // ---- features ---------------------------------------------------------------------------------
 
