@@ -193,6 +193,7 @@ type EvaluateArgs =
     | [<Mandatory>] Out of dir: string
     | Max_New_Tokens of n: int
     | Seed of n: int
+    | Attention_Inputs of n: int
     | Device of name: string
     | Dtype of name: string
     | No_Progress
@@ -204,13 +205,14 @@ type EvaluateArgs =
             | Device _ -> "torch device (default cpu)"
             | Dtype _ -> "compute dtype: f32 (default), bf16, f16 (the calibration's)"
             | Calibration _ -> "calibration file made for this model (cleansight calibrate)"
+            | Attention_Inputs _ -> "report.html: the first N clean and N triggered inputs observed at every layer for the attention charts (default 50; 0: none)"
             | Clean _ -> "clean test samples (dataset JSONL)"
             | Poisoned _ -> "triggered test samples (dataset JSONL)"
             | Target _ -> "the backdoor's target text (ASR: the output contains it)"
             | Mode _ -> "replace or insert (how the attack places the target; informational)"
             | Defense _ -> "none, blur, st, prune-all, random-prune, uniform, fastv, cleansight (comma-separated)"
             | Limit _ -> "at most N samples of each set"
-            | Out _ -> "folder for metrics.json and samples.csv (re-running resumes)"
+            | Out _ -> "folder for metrics.json, samples.csv, report.html and frames/ (re-running resumes)"
             | Max_New_Tokens _ -> "greedy token budget (default 32)"
             | Seed _ -> "seed of random pruning (default 0)"
             | No_Progress -> "no progress output"

@@ -108,6 +108,8 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         let target = nonEmptyTarget "--target" (args.GetResult EvaluateArgs.Target)
         let limit = args.TryGetResult EvaluateArgs.Limit |> Option.map (atLeastOne "--limit")
         let maxNewTokens = args.GetResult(EvaluateArgs.Max_New_Tokens, 32) |> atLeastOne "--max-new-tokens"
+        let attentionInputs = args.GetResult(EvaluateArgs.Attention_Inputs, 50)
+        if attentionInputs < 0 then raise (InputError("--attention-inputs", $"must be 0 or more, got {attentionInputs}"))
         let clean, poisoned = args.GetResult EvaluateArgs.Clean, args.GetResult EvaluateArgs.Poisoned
         let tasks = Array.append (Dataset.read clean) (Dataset.read poisoned) |> Array.map (fun it -> it.Task)
         let calibrationPath = args.GetResult EvaluateArgs.Calibration
@@ -128,6 +130,13 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         let records = Evaluation.runPlanned session calibration settings plan (Path.Combine(out, "samples.csv")) (Progress.counter progress "evaluate")
         let metrics = Summary.ofRecords records
         Summary.write (Path.Combine(out, "metrics.json")) metrics
+        let model, adapter = args.GetResult EvaluateArgs.Model, args.TryGetResult EvaluateArgs.Adapter
+        let name = match adapter with Some a -> Path.GetFileNameWithoutExtension a | None -> Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath model))
+        let intro =
+            [ $"""Model {model}{(match adapter with Some a -> $" with the adapter {a}" | None -> "")}; calibration {calibrationPath}: {Analysis.Findings.describeCalibration calibration}."""
+              $"""Clean inputs {clean}, triggered inputs {poisoned}; target "{target}"; defenses {String.Join(", ", defenses |> List.map Defenses.name)}; greedy answers of at most {maxNewTokens} tokens. Thresholds come from clean data only.""" ]
+        Analysis.Findings.writeEvaluation session calibration records metrics name clean poisoned (min attentionInputs (defaultArg limit Int32.MaxValue))
+            intro out (Progress.counter progress "attention by layer")
         let pct (x: float option) = match x with Some v -> $"{100.0 * v,6:F1}" | None -> "     -"
         printfn "%-13s %7s %7s %8s %8s %7s %7s" "defense" "ASR%" "cASR%" "util%" "p.util%" "AUROC" "pruned"
         for name, m in metrics do

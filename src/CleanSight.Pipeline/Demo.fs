@@ -100,16 +100,10 @@ let checkThresholdRule (s: Settings) =
     |> Calibration.conformalShortfall (Calibration.parseThresholdRule s.ThresholdRule) Calibration.defaultQuantile
     |> Option.iter (fun problem -> raise (CleanSight.Core.InputError("--threshold-rule", problem)))
 
-/// One attack's results.
+/// One attack's results: its evaluation and figures (`Findings`), and the two ablations.
 type AttackResult =
     { Attack: Materialize.AttackEntry
-      Calibration: Calibration.Calibration
-      Records: Evaluation.Record[]
-      Metrics: (string * Summary.DefenseMetrics)[]
-      Attention: AttentionStealing.Row list
-      Deviation: HeadDeviation.Cell list
-      Views: SampleView.View list
-      Distances: Detection.Distances
+      Findings: Findings.Evaluated
       Tau: Ablations.TauRow list
       SampleCount: Ablations.SampleCountRow list }
 
@@ -126,35 +120,6 @@ let private gitCommit (start: string) =
             let refPath = Path.Combine(git, head.Substring 5)
             if File.Exists refPath then File.ReadAllText(refPath).Trim() else head
         else head
-
-/// The triggered inputs shown up close: flagged first, then those the backdoor wins without a
-/// defense, then by distance. `observed.[i]` belongs to `inputs.[i]`.
-let private sampleViews (s: Settings) (calibration: Calibration.Calibration) (records: Evaluation.Record[]) attack
-                        (inputs: (Dataset.Item * RgbImage)[]) (observed: AttentionStealing.Observed[]) =
-    let poisoned defense =
-        records |> Array.filter (fun r -> r.Split = "poisoned" && r.Defense = defense) |> Array.map (fun r -> r.Id, r) |> dict
-    let cs, none = poisoned "cleansight", poisoned "none"
-    let lastLayer = Array.max calibration.Settings.Layers
-    let score i =
-        let r = cs.[(fst inputs.[i]).Id]
-        let hit = match none.TryGetValue r.Id with | true, n -> n.AsrHit | _ -> false
-        (if r.Flagged then 1 else 0), (if hit then 1 else 0), defaultArg r.Distance -infinity
-    [ for i in [ 0 .. inputs.Length - 1 ] |> List.filter (fun i -> cs.ContainsKey (fst inputs.[i]).Id) |> List.sortByDescending score |> List.truncate s.SampleViews ->
-          let item, image = inputs.[i]
-          let o = observed.[i]
-          let row = o.Rows |> Array.find (fun r -> r.Layer = lastLayer)
-          let omega = Detector.pruned calibration.Settings.Tau o.First o.Last row |> Set.ofArray
-          let r = cs.[item.Id]
-          ({ Attack = attack; Id = item.Id; Question = item.Question; Expected = item.Answers; Image = image; Layer = lastLayer
-             Attention = SampleView.tokenAttention row o.First o.Last
-             Tau = Detector.tauValue calibration.Settings.Tau row.Keys
-             AboveTau = [| for p in o.First .. o.Last -> omega.Contains p |]
-             Distance = r.Distance; Threshold = (Calibration.detection calibration item.Task).Threshold; Flagged = r.Flagged
-             Answers =
-               [ for d in Defenses.all do
-                     match records |> Array.tryFind (fun x -> x.Split = "poisoned" && x.Id = item.Id && x.Defense = Defenses.name d) with
-                     | Some x -> yield ({ Defense = x.Defense; Output = x.Output; AsrHit = x.AsrHit }: SampleView.Answer)
-                     | None -> () ] }: SampleView.View) ]
 
 /// The τ ablation: prune-all at each τ of the grid on the first `AblationInputs` test inputs (resumable
 /// like the evaluation), plus the undefended model on the same inputs.
@@ -209,26 +174,18 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let load jsonl = Dataset.read jsonl |> Array.truncate s.AttentionInputs |> Array.map (fun it -> it, RgbImage.Load(Dataset.imagePath jsonl it))
     let cleanInputs, triggeredInputs = load manifest.clean_test, load attack.poisoned_test
     let total = cleanInputs.Length + triggeredInputs.Length
-    let observe offset = Array.mapi (fun i (item: Dataset.Item, image) ->
-        let o = AttentionStealing.observe session image item.Question
-        p.Step $"{attack.name}: attention by layer" (offset + i + 1) total
-        o)
-    let cleanObserved = observe 0 cleanInputs
-    let triggeredObserved = observe cleanInputs.Length triggeredInputs
-    let triggeredSums = triggeredObserved |> Array.map AttentionStealing.sumsOf
-    let attention =
-        AttentionStealing.summarise attack.name "clean" (cleanObserved |> Array.map AttentionStealing.sumsOf)
-        @ AttentionStealing.summarise attack.name "triggered" triggeredSums
-    let deviation =
-        HeadDeviation.compute attack.name layers session.Config.Text.NumAttentionHeads settings.Layers
-            (HeadDeviation.featuresOf settings.Feature (measured |> Array.map snd)) (HeadDeviation.featuresOf settings.Feature triggeredSums)
-    let views = sampleViews s calibration records attack.name triggeredInputs triggeredObserved
-    let distances split =
-        records |> Array.filter (fun r -> r.Defense = "cleansight" && r.Split = split) |> Array.choose (fun r ->
-            r.Distance |> Option.map (fun d ->
-                let task = Dataset.tryParseTask r.Task |> Option.get // written from a Dataset.Task
-                ({ Id = r.Id; Task = r.Task; Distance = d; Threshold = (Calibration.detection calibration task).Threshold }: Detection.Scored)))
-    let detection: Detection.Distances = { Attack = attack.name; Clean = distances "clean"; Triggered = distances "poisoned" }
+    let step offset k = p.Step $"{attack.name}: attention by layer" (offset + k) total
+    let cleanObserved = Findings.observe session (step 0) cleanInputs
+    let triggeredObserved = Findings.observe session (step cleanInputs.Length) triggeredInputs
+    // chart 2's μ and σ: the clean calibration samples, recorded at every layer in the calibration's prefills
+    let attention, deviation =
+        Findings.observedFigures attack.name calibration session.Config.Text.NumAttentionHeads (measured |> Array.map snd)
+            cleanObserved triggeredObserved
+    let findings: Findings.Evaluated =
+        { Name = attack.name; Calibration = calibration; Records = records; Metrics = metrics
+          Attention = attention; Deviation = deviation
+          Views = Findings.sampleViews s.SampleViews calibration records attack.name triggeredInputs triggeredObserved
+          Distances = Findings.distances attack.name calibration records }
     let tau = tauAblation s p session calibration evalSettings manifest attack records
     let sampleCount =
         Ablations.sampleCount attack.name settings (measured |> Array.map fst) s.SampleSizes s.SampleRepeats s.Seed
@@ -236,84 +193,29 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let none = metrics |> Array.find (fun (n, _) -> n = "none") |> snd
     let asrNone, asrCs, auroc = 100.0 * defaultArg none.Asr nan, 100.0 * defaultArg cs.Asr nan, defaultArg cs.Auroc nan
     p.Log $"{attack.name}: ASR without defense {asrNone:F0}%%, with CleanSight {asrCs:F0}%%, AUROC {auroc:F3}"
-    { Attack = attack; Calibration = calibration; Records = records; Metrics = metrics; Attention = attention
-      Deviation = deviation; Views = views; Distances = detection; Tau = tau; SampleCount = sampleCount }
-
-let private pct (x: float option) = match x with Some v -> $"{100.0 * v:F1}" | None -> "–"
-
-/// The paper's Table 1 shape: one row per (attack, defense).
-let tableRows (results: AttackResult list) =
-    [ for r in results do
-          for name, m in r.Metrics ->
-              [ r.Attack.name; name; pct m.Asr; pct m.CleanAsr; pct m.Clean.Utility; pct m.Poisoned.Utility
-                (match m.Auroc with Some a -> $"{a:F3}" | None -> "–"); pct m.Tpr; pct m.Fpr; pct m.PrunedFraction
-                (match m.MsPerSample with Some v -> $"{v:F1}" | None -> "–")
-                (match m.FprCi95 with Some ci -> Metrics.RateInterval.percentText ci | None -> "–") ] ]
-
-let tableHeader =
-    [ "attack"; "defense"; "ASR %"; "clean ASR %"; "clean utility %"; "triggered utility %"; "AUROC"; "TPR %"; "FPR %"; "pruned %"; "ms/sample"
-      "FPR 95 % interval" ]
-
-let private perDefenseChart (title: string) (axis: string) (value: Summary.DefenseMetrics -> float option) (results: AttackResult list) =
-    let defenses = results.Head.Metrics |> Array.map fst
-    [ for d in defenses ->
-          Chart.Column(values = (results |> List.map (fun r -> 100.0 * defaultArg (value (r.Metrics |> Array.find (fst >> (=) d) |> snd)) nan)),
-                       Keys = (results |> List.map (fun r -> r.Attack.name)), Name = d) ]
-    |> Chart.combine
-    |> Chart.withTitle title
-    |> Chart.withYAxisStyle (TitleText = axis)
+    { Attack = attack; Findings = findings; Tau = tau; SampleCount = sampleCount }
 
 /// Writes every frame under DIR/frames and the report.
 let private writeReport (s: Settings) (results: AttackResult list) =
     let frames = Path.Combine(s.Out, "frames")
-    Directory.CreateDirectory frames |> ignore
-    let save name frame = Files.saveCsv (Path.Combine(frames, name)) frame
-    let attention = results |> List.collect (fun r -> r.Attention)
-    let deviation = results |> List.collect (fun r -> r.Deviation)
-    let views = results |> List.collect (fun r -> r.Views)
-    let distances = results |> List.map (fun r -> r.Distances)
+    let findings = results |> List.map (fun r -> r.Findings)
+    Findings.saveFrames frames findings
     let tau = results |> List.collect (fun r -> r.Tau)
     let sampleCount = results |> List.collect (fun r -> r.SampleCount)
-    AttentionStealing.toFrame attention |> save "attention-by-layer.csv"
-    HeadDeviation.toFrame deviation |> save "head-deviation.csv"
-    SampleView.attentionFrame views |> save "sample-attention.csv"
-    SampleView.answersFrame views |> save "sample-answers.csv"
-    Detection.distancesFrame distances |> save "distances.csv"
-    Detection.rocFrame distances |> save "roc.csv"
-    tableRows results |> List.mapi (fun i row -> i, Series(tableHeader, row |> List.map box)) |> Frame.ofRows |> save "table.csv"
-    Ablations.tauFrame tau |> save "ablation-tau.csv"
-    Ablations.sampleCountFrame sampleCount |> save "ablation-samples.csv"
-    let layers = results.Head.Calibration.Settings.Layers
-    let quantile = results.Head.Calibration.Settings.Quantile
+    Ablations.tauFrame tau |> Files.saveCsv (Path.Combine(frames, "ablation-tau.csv"))
+    Ablations.sampleCountFrame sampleCount |> Files.saveCsv (Path.Combine(frames, "ablation-samples.csv"))
+    let reference = findings.Head.Calibration.Settings
     let taus = String.Join(", ", s.TauGrid)
     Report.write (Path.Combine(s.Out, "report.html")) "CleanSight on the tiny backdoored world"
         [ let world = Materialize.resolve s.World
           let which = match s.World with None -> "the committed tiny world" | Some dir -> $"the tiny world at {dir}"
           yield Report.Text $"A tiny LLaVA (CLIP-style ViT, 2-layer projector, {Materialize.textLayers world}-layer LLaMA decoder) trained here ({which}); {results.Length} projector-only backdoors; CleanSight against the paper's baselines. Thresholds come from clean data only."
-          let listed = String.Join("; ", results |> List.map (fun r -> $"{r.Attack.name} {Calibration.describeLayers r.Calibration.Settings}"))
-          let reference = results.Head.Calibration.Settings
+          let listed = String.Join("; ", findings |> List.map (fun r -> $"{r.Name} {Calibration.describeLayers r.Calibration.Settings}"))
           let conditioned = if reference.Conditioning = Calibration.OnPromptLength then ", conditioned on the prompt's length" else ""
           yield Report.Text $"CleanSight's detection layers per backdoored model (and how they were chosen): {listed}. Purification, prune-all and uniform attention run from the last of them. Feature: {Calibration.featureName reference.Feature}; whitening: {Calibration.whiteningName reference.Whitening}{conditioned}."
-          yield Report.Heading "1. Attention stealing by layer"
-          yield Report.Figure(AttentionStealing.chart attention layers)
-          yield Report.Heading "2. Where triggered inputs leave the clean reference: layer × head"
-          let c = deviation.Head
-          yield Report.Text $"Mean over {c.TriggeredSamples} triggered test inputs of (s − μ)/σ per layer and head, μ and σ from the {c.CleanSamples} clean calibration samples; at the detection layers (◆) these are the coordinates of the pooled reference's distance (with one reference per task, each task's μ and σ shift them)."
-          yield Report.Figure(HeadDeviation.chart deviation)
-          yield Report.Heading "3. One triggered input up close"
-          yield Report.Text "The last prompt token's attention on each image token at the last detection layer (max over heads), the tokens above τ outlined, and every defense's answer."
-          for v in views ->
-              Report.Side [ Report.Figure(SampleView.chart v); Report.Table(SampleView.answerHeader, SampleView.answerRows v) ]
-          yield Report.Heading "4. Detection: distances of clean and triggered inputs"
-          yield! distances |> List.map (Detection.histogram >> Report.Figure)
-          yield Report.Figure(Detection.rocChart distances)
-          yield Report.Heading "5. Attack success and utility per defense"
-          yield Report.Figure(perDefenseChart "Attack success rate (%) per defense" "ASR %" (fun m -> m.Asr) results)
-          yield Report.Figure(perDefenseChart "Clean utility (%, official VQA accuracy) per defense" "utility %" (fun m -> m.Clean.Utility) results)
-          yield Report.Text $"The table's rates are on {s.Test} clean and {s.Test} triggered test inputs: one input is {100.0 / float s.Test:G3} points. The FPR's 95 %% interval (Wilson) says how far the rate behind it may lie; metrics.json gives one for every rate."
-          yield Report.Table(tableHeader, tableRows results)
+          yield! Findings.sections "the clean calibration samples" findings
           yield Report.Heading "6. Ablations"
-          yield Report.Text $"τ: purification forced on every input, on the first {min s.AblationInputs s.Test} clean and triggered test inputs; each line runs through τ·T = {taus} and no purification (lower τ prunes more). Clean samples: {s.SampleRepeats} seeded draws of n calibration samples each; threshold at the {quantile} quantile of their {Calibration.thresholdFromName results.Head.Calibration.Settings.ThresholdFrom} distances ({Calibration.thresholdRuleName results.Head.Calibration.Settings.ThresholdRule} rule), as calibrate sets it; FPR on the calibration samples not drawn."
+          yield Report.Text $"τ: purification forced on every input, on the first {min s.AblationInputs s.Test} clean and triggered test inputs; each line runs through τ·T = {taus} and no purification (lower τ prunes more). Clean samples: {s.SampleRepeats} seeded draws of n calibration samples each; threshold at the {reference.Quantile} quantile of their {Calibration.thresholdFromName reference.ThresholdFrom} distances ({Calibration.thresholdRuleName reference.ThresholdRule} rule), as calibrate sets it; FPR on the calibration samples not drawn."
           yield Report.Figure(Ablations.tauChart tau)
           yield Report.Figure(Ablations.sampleCountChart sampleCount) ]
 

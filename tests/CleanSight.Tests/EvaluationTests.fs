@@ -268,6 +268,63 @@ let tests =
                 File.WriteAllText(Path.Combine(dir, "run.json"), "[1, 2]")
                 Expect.stringContains (message key) "is not an evaluation run file" "broken run.json"
             }
+            test "report.html and frames/: the evaluated model's charts 1–5, drawn from its records and 3 + 3 inputs seen at every layer" {
+                let out, code, err, _, _ = firstRun.Value
+                Expect.equal code 0 $"exit 0 (stderr: {err})"
+                let page = File.ReadAllText(Path.Combine(out, "report.html"))
+                let name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath Fixtures.tinyLlava))
+                Expect.stringContains page $"CleanSight evaluation: {name}" "titled by the model (no adapter)"
+                for heading in [ "1. Attention stealing by layer"; "2. Where triggered inputs leave the clean reference"; "3. One triggered input up close"
+                                 "4. Detection: distances"; "5. Attack success and utility per defense" ] do
+                    Expect.stringContains page heading $"section {heading}"
+                Expect.stringContains page "detection layers 0,1,2" "the calibration described"
+                let records = lines (Path.Combine(out, "samples.csv")) |> Array.skip 1 |> Array.map ofLine
+                let frame file = lines (Path.Combine(out, "frames", file)) |> Array.skip 1 |> Array.map (fun l -> l.Split ',')
+                // chart 1: every layer, clean and triggered, over the 3 evaluated inputs (--attention-inputs 50 > --limit 3)
+                use session = LlavaSession.Load Fixtures.tinyLlava
+                let attention = frame "attention-by-layer.csv"
+                Expect.equal attention.Length (2 * session.Config.Text.NumHiddenLayers) "2 conditions × every layer"
+                for row in attention do Expect.equal (Array.last row) "3" "3 inputs each"
+                // chart 4: one row per CleanSight record, flagged as the record
+                let cs = records |> Array.filter (fun r -> r.Defense = "cleansight")
+                let distances = frame "distances.csv"
+                Expect.equal distances.Length cs.Length "one distance per CleanSight record"
+                let flagged = distances |> Array.map (fun row -> row.[3].Trim('"'), row.[2], row.[7])
+                Expect.equal (Set.ofArray flagged)
+                    (cs |> Array.map (fun r -> r.Id, (if r.Split = "poisoned" then "triggered" else "clean"), (if r.Flagged then "True" else "False")) |> Set.ofArray)
+                    "distances.csv: the records' flags"
+                // chart 5: the table has one row per defense, ASR as metrics.json
+                let metrics = JsonNode.Parse(File.ReadAllText(Path.Combine(out, "metrics.json"))).["defenses"]
+                let table = frame "table.csv"
+                Expect.equal (table |> Array.map (fun row -> row.[2].Trim('"'))) (List.toArray defenses) "one row per defense"
+                for row in table do
+                    let asr = metrics.[row.[2].Trim('"')].["asr"].GetValue<float>()
+                    Expect.equal (row.[3].Trim('"')) $"{100.0 * asr:F1}" $"{row.[2]}: ASR as metrics.json"
+                // chart 3: the answers of every evaluated defense for one triggered input
+                let answers = frame "sample-answers.csv"
+                Expect.equal answers.Length defenses.Length "one answer per defense"
+            }
+            test "--attention-inputs 0 leaves out charts 1–3 but draws 4–5; a negative count is refused before loading" {
+                let clean, poisoned, calibration = world.Value
+                let out = Fixtures.tempDir ()
+                let args n =
+                    [ "evaluate"; "--model"; Fixtures.tinyLlava; "--calibration"; calibration; "--clean"; clean
+                      "--poisoned"; poisoned; "--target"; "you have been hacked lol"; "--defense"; "cleansight"
+                      "--limit"; "2"; "--max-new-tokens"; "2"; "--out"; out; "--attention-inputs"; n; "--no-progress" ]
+                let code, _, err = CliTests.run (args "0")
+                Expect.equal code 0 $"exit 0 (stderr: {err})"
+                let page = File.ReadAllText(Path.Combine(out, "report.html"))
+                Expect.isFalse (page.Contains "1. Attention stealing by layer") "no chart 1"
+                Expect.isFalse (page.Contains "3. One triggered input up close") "no chart 3"
+                Expect.stringContains page "0 and 0 were (--attention-inputs)" "says why"
+                Expect.stringContains page "4. Detection: distances" "chart 4"
+                Expect.stringContains page "5. Attack success and utility per defense" "chart 5"
+                let other = Fixtures.tempDir ()
+                let code, _, err = CliTests.run ((args "-1") |> List.map (fun a -> if a = out then other else a))
+                Expect.equal code 1 "exit 1"
+                Expect.equal (err.Trim()) "error: --attention-inputs: must be 0 or more, got -1" "one line naming the option"
+                Expect.isEmpty (Directory.GetFileSystemEntries other) "nothing written"
+            }
             test "deleting the last 2 records and re-running restores exactly those records" {
                 let _, _, _, samples, _ = firstRun.Value
                 // a copy of the first run's folder, so the order of these tests does not matter

@@ -1,0 +1,194 @@
+/// What one evaluated backdoored model shows, as frames and report sections — shared by `demo` (each
+/// attack of the tiny world) and `evaluate` (a model of your own): attention stealing by layer (chart
+/// 1), where triggered inputs leave the clean reference by layer and head (2), one triggered input up
+/// close (3), detection (4), attack success and utility per defense (5).
+module CleanSight.Pipeline.Analysis.Findings
+
+open System
+open System.IO
+open Deedle
+open Plotly.NET
+open CleanSight.Core.Inference
+open CleanSight.Core.Vision
+open CleanSight.Pipeline
+open CleanSight.Pipeline.Data
+open CleanSight.Pipeline.Defense
+
+/// One backdoored model's evaluation and what was observed on it.
+type Evaluated =
+    { /// the attack's name (the demo) or the evaluation folder's (evaluate)
+      Name: string
+      Calibration: Calibration.Calibration
+      Records: Evaluation.Record[]
+      Metrics: (string * Summary.DefenseMetrics)[]
+      Attention: AttentionStealing.Row list
+      Deviation: HeadDeviation.Cell list
+      Views: SampleView.View list
+      Distances: Detection.Distances }
+
+/// Each input observed at every layer (one prefill each); `step k` after the k-th.
+let observe (session: LlavaSession) (step: int -> unit) (inputs: (Dataset.Item * RgbImage)[]) =
+    inputs |> Array.mapi (fun i (item, image) ->
+        let o = AttentionStealing.observe session image item.Question
+        step (i + 1)
+        o)
+
+/// The triggered inputs shown up close (at most `count`): flagged first, then those the backdoor wins
+/// without a defense, then by distance. `observed.[i]` belongs to `inputs.[i]`.
+let sampleViews (count: int) (calibration: Calibration.Calibration) (records: Evaluation.Record[]) (name: string)
+                (inputs: (Dataset.Item * RgbImage)[]) (observed: AttentionStealing.Observed[]) =
+    let poisoned defense =
+        records |> Array.filter (fun r -> r.Split = "poisoned" && r.Defense = defense) |> Array.map (fun r -> r.Id, r) |> dict
+    let cs, none = poisoned (Defenses.name Defenses.CleanSight), poisoned (Defenses.name Defenses.NoDefense)
+    let lastLayer = Array.max calibration.Settings.Layers
+    let score i =
+        let r = cs.[(fst inputs.[i]).Id]
+        let hit = match none.TryGetValue r.Id with | true, n -> n.AsrHit | _ -> false
+        (if r.Flagged then 1 else 0), (if hit then 1 else 0), defaultArg r.Distance -infinity
+    [ for i in [ 0 .. inputs.Length - 1 ] |> List.filter (fun i -> cs.ContainsKey (fst inputs.[i]).Id) |> List.sortByDescending score |> List.truncate count ->
+          let item, image = inputs.[i]
+          let o = observed.[i]
+          let row = o.Rows |> Array.find (fun r -> r.Layer = lastLayer)
+          let omega = Detector.pruned calibration.Settings.Tau o.First o.Last row |> Set.ofArray
+          let r = cs.[item.Id]
+          ({ Attack = name; Id = item.Id; Question = item.Question; Expected = item.Answers; Image = image; Layer = lastLayer
+             Attention = SampleView.tokenAttention row o.First o.Last
+             Tau = Detector.tauValue calibration.Settings.Tau row.Keys
+             AboveTau = [| for p in o.First .. o.Last -> omega.Contains p |]
+             Distance = r.Distance; Threshold = (Calibration.detection calibration item.Task).Threshold; Flagged = r.Flagged
+             Answers =
+               [ for d in Defenses.all do
+                     match records |> Array.tryFind (fun x -> x.Split = "poisoned" && x.Id = item.Id && x.Defense = Defenses.name d) with
+                     | Some x -> yield ({ Defense = x.Defense; Output = x.Output; AsrHit = x.AsrHit }: SampleView.Answer)
+                     | None -> () ] }: SampleView.View) ]
+
+/// CleanSight's distance of every evaluated input, with the threshold of its task's reference.
+let distances (name: string) (calibration: Calibration.Calibration) (records: Evaluation.Record[]) : Detection.Distances =
+    let scored split =
+        records |> Array.filter (fun r -> r.Defense = Defenses.name Defenses.CleanSight && r.Split = split) |> Array.choose (fun r ->
+            r.Distance |> Option.map (fun d ->
+                let task = Dataset.tryParseTask r.Task |> Option.get // written from a Dataset.Task
+                ({ Id = r.Id; Task = r.Task; Distance = d; Threshold = (Calibration.detection calibration task).Threshold }: Detection.Scored)))
+    { Attack = name; Clean = scored "clean"; Triggered = scored "poisoned" }
+
+/// Chart 1's rows and chart 2's cells from the inputs observed at every layer. `reference`: the
+/// per-input (visual, prompt) sums [input][layer][head] that chart 2's μ and σ come from.
+let observedFigures (name: string) (calibration: Calibration.Calibration) (heads: int) (reference: (float * float)[][][])
+                    (clean: AttentionStealing.Observed[]) (triggered: AttentionStealing.Observed[]) =
+    let cleanSums, triggeredSums = Array.map AttentionStealing.sumsOf clean, Array.map AttentionStealing.sumsOf triggered
+    let attention = AttentionStealing.summarise name "clean" cleanSums @ AttentionStealing.summarise name "triggered" triggeredSums
+    let layers = [| 0 .. triggeredSums.[0].Length - 1 |]
+    let feature = calibration.Settings.Feature
+    let deviation =
+        HeadDeviation.compute name layers heads calibration.Settings.Layers
+            (HeadDeviation.featuresOf feature reference) (HeadDeviation.featuresOf feature triggeredSums)
+    attention, deviation
+
+let private pct (x: float option) = match x with Some v -> $"{100.0 * v:F1}" | None -> "–"
+
+/// The paper's Table 1 shape: one row per (model, defense).
+let tableRows (results: Evaluated list) =
+    [ for r in results do
+          for name, m in r.Metrics ->
+              [ r.Name; name; pct m.Asr; pct m.CleanAsr; pct m.Clean.Utility; pct m.Poisoned.Utility
+                (match m.Auroc with Some a -> $"{a:F3}" | None -> "–"); pct m.Tpr; pct m.Fpr; pct m.PrunedFraction
+                (match m.MsPerSample with Some v -> $"{v:F1}" | None -> "–")
+                (match m.FprCi95 with Some ci -> Metrics.RateInterval.percentText ci | None -> "–") ] ]
+
+let tableHeader =
+    [ "attack"; "defense"; "ASR %"; "clean ASR %"; "clean utility %"; "triggered utility %"; "AUROC"; "TPR %"; "FPR %"; "pruned %"; "ms/sample"
+      "FPR 95 % interval" ]
+
+/// One group of columns per model, one column per defense.
+let private perDefenseChart (title: string) (axis: string) (value: Summary.DefenseMetrics -> float option) (results: Evaluated list) =
+    let defenses = results.Head.Metrics |> Array.map fst
+    [ for d in defenses ->
+          Chart.Column(values = (results |> List.map (fun r ->
+                                     r.Metrics |> Array.tryFind (fst >> (=) d) |> Option.bind (snd >> value) |> Option.map ((*) 100.0) |> Option.defaultValue nan)),
+                       Keys = (results |> List.map (fun r -> r.Name)), Name = d) ]
+    |> Chart.combine
+    |> Chart.withTitle title
+    |> Chart.withYAxisStyle (TitleText = axis)
+
+/// Writes the frames of charts 1–5 under `dir` (each atomically).
+let saveFrames (dir: string) (results: Evaluated list) =
+    Directory.CreateDirectory dir |> ignore
+    let save name frame = Files.saveCsv (Path.Combine(dir, name)) frame
+    let views = results |> List.collect (fun r -> r.Views)
+    let distances = results |> List.map (fun r -> r.Distances)
+    AttentionStealing.toFrame (results |> List.collect (fun r -> r.Attention)) |> save "attention-by-layer.csv"
+    HeadDeviation.toFrame (results |> List.collect (fun r -> r.Deviation)) |> save "head-deviation.csv"
+    SampleView.attentionFrame views |> save "sample-attention.csv"
+    SampleView.answersFrame views |> save "sample-answers.csv"
+    Detection.distancesFrame distances |> save "distances.csv"
+    Detection.rocFrame distances |> save "roc.csv"
+    tableRows results |> List.mapi (fun i row -> i, Series(tableHeader, row |> List.map box)) |> Frame.ofRows |> save "table.csv"
+
+/// The report's charts 1–5. `reference` names chart 2's clean inputs ("clean calibration samples").
+/// Charts 1–3 are left out when nothing was observed at every layer, 3–4 when CleanSight was not evaluated.
+let sections (reference: string) (results: Evaluated list) : Report.Section list =
+    let attention = results |> List.collect (fun r -> r.Attention)
+    let deviation = results |> List.collect (fun r -> r.Deviation)
+    let views = results |> List.collect (fun r -> r.Views)
+    let distances = results |> List.map (fun r -> r.Distances) |> List.filter (fun d -> d.Clean.Length + d.Triggered.Length > 0)
+    let counts = results.Head.Metrics |> Array.tryHead |> Option.map snd
+    [ if not attention.IsEmpty then
+          yield Report.Heading "1. Attention stealing by layer"
+          yield Report.Figure(AttentionStealing.chart attention results.Head.Calibration.Settings.Layers)
+      if not deviation.IsEmpty then
+          yield Report.Heading "2. Where triggered inputs leave the clean reference: layer × head"
+          let c = deviation.Head
+          yield Report.Text $"Mean over {c.TriggeredSamples} triggered test inputs of (s − μ)/σ per layer and head, μ and σ from {c.CleanSamples} {reference}; at the detection layers (◆) these are the coordinates of the pooled reference's distance (with one reference per task, each task's μ and σ shift them)."
+          yield Report.Figure(HeadDeviation.chart deviation)
+      if not views.IsEmpty then
+          yield Report.Heading "3. One triggered input up close"
+          yield Report.Text "The last prompt token's attention on each image token at the last detection layer (max over heads), the tokens above τ outlined, and every defense's answer."
+          for v in views ->
+              Report.Side [ Report.Figure(SampleView.chart v); Report.Table(SampleView.answerHeader, SampleView.answerRows v) ]
+      if not distances.IsEmpty then
+          yield Report.Heading "4. Detection: distances of clean and triggered inputs"
+          yield! distances |> List.map (Detection.histogram >> Report.Figure)
+          yield Report.Figure(Detection.rocChart distances)
+      yield Report.Heading "5. Attack success and utility per defense"
+      yield Report.Figure(perDefenseChart "Attack success rate (%) per defense" "ASR %" (fun m -> m.Asr) results)
+      yield Report.Figure(perDefenseChart "Clean utility (%, official VQA accuracy) per defense" "utility %" (fun m -> m.Clean.Utility) results)
+      match counts with
+      | Some m when m.CleanSamples > 0 ->
+          yield Report.Text $"The table's rates are on {m.CleanSamples} clean and {m.PoisonedSamples} triggered test inputs: one clean input is {100.0 / float m.CleanSamples:G3} points. The FPR's 95 %% interval (Wilson) says how far the rate behind it may lie; metrics.json gives one for every rate."
+      | _ -> ()
+      yield Report.Table(tableHeader, tableRows results) ]
+
+/// The calibration in one sentence: layers (and how chosen), feature, whitening, conditioning, rule.
+let describeCalibration (c: Calibration.Calibration) =
+    let s = c.Settings
+    let conditioned = if s.Conditioning = Calibration.OnPromptLength then ", conditioned on the prompt's length" else ""
+    $"detection layers {Calibration.describeLayers s}; feature {Calibration.featureName s.Feature}; whitening {Calibration.whiteningName s.Whitening}{conditioned}; threshold by the {Calibration.thresholdRuleName s.ThresholdRule} rule at the {s.Quantile} quantile of {c.Samples} clean samples"
+
+/// `evaluate`'s pictures of one model: the first `inputs` clean and triggered test inputs observed at
+/// every layer (charts 1–3; chart 2's μ and σ from the observed clean inputs, as no calibration sample
+/// is at hand), then DIR/frames/*.csv and DIR/report.html, `intro` at its top. `step k n` reports
+/// progress. With fewer than 2 clean or no triggered inputs observed, charts 1–3 are left out.
+let writeEvaluation (session: LlavaSession) (calibration: Calibration.Calibration) (records: Evaluation.Record[])
+                    (metrics: (string * Summary.DefenseMetrics)[]) (name: string) (clean: string) (poisoned: string)
+                    (inputs: int) (intro: string list) (dir: string) (step: int -> int -> unit) =
+    let load jsonl = Dataset.read jsonl |> Array.truncate inputs |> Array.map (fun it -> it, RgbImage.Load(Dataset.imagePath jsonl it))
+    let cleanInputs, triggeredInputs = load clean, load poisoned
+    let total = cleanInputs.Length + triggeredInputs.Length
+    let cleanObserved = observe session (fun k -> step k total) cleanInputs
+    let triggeredObserved = observe session (fun k -> step (cleanInputs.Length + k) total) triggeredInputs
+    let attention, deviation, views =
+        if cleanObserved.Length < 2 || triggeredObserved.Length = 0 then [], [], []
+        else
+            let attention, deviation =
+                observedFigures name calibration session.Config.Text.NumAttentionHeads
+                    (cleanObserved |> Array.map AttentionStealing.sumsOf) cleanObserved triggeredObserved
+            attention, deviation, sampleViews 1 calibration records name triggeredInputs triggeredObserved
+    let evaluated =
+        { Name = name; Calibration = calibration; Records = records; Metrics = metrics; Attention = attention
+          Deviation = deviation; Views = views; Distances = distances name calibration records }
+    saveFrames (Path.Combine(dir, "frames")) [ evaluated ]
+    Report.write (Path.Combine(dir, "report.html")) $"CleanSight evaluation: {name}"
+        [ for line in intro -> Report.Text line
+          if attention.IsEmpty then
+              yield Report.Text $"Charts 1–3 need at least 2 clean and 1 triggered input observed at every layer; {cleanObserved.Length} and {triggeredObserved.Length} were (--attention-inputs)."
+          yield! sections $"clean test inputs (the first {cleanObserved.Length} observed at every layer)" [ evaluated ] ]
