@@ -77,6 +77,9 @@ let private firstRun =
         let code, _, err = evaluate out
         out, code, err, File.ReadAllBytes(Path.Combine(out, "samples.csv")), File.ReadAllText(Path.Combine(out, "metrics.json")))
 
+/// The folder of that first evaluation (its report.html is rendered in ReportTests).
+let evaluatedFolder () = let out, _, _, _, _ = firstRun.Value in out
+
 [<Tests>]
 let tests =
     testSequenced <| testList "evaluation" [

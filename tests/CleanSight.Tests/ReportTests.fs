@@ -43,6 +43,27 @@ let private consoleProbe =
     + "h.setAttribute('data-console-'+k,Array.prototype.join.call(arguments,' '));return f.apply(console,arguments);};});"
     + "window.addEventListener('error',function(e){h.setAttribute('data-uncaught',String(e.message));});})();"
 
+/// Renders `page` (with a console probe) and checks it: every script inline, `figures` charts each
+/// drawn by plotly.js as an SVG, no console error or warning and no uncaught error. Returns the DOM.
+let private rendersCleanly (exe: string) (page: string) (figures: int) =
+    Expect.isFalse (Text.RegularExpressions.Regex.IsMatch(File.ReadAllText page, "<script[^>]*\\ssrc=")) "every script is inline (no plotly.js to fetch)"
+    // A copy of the page that records console errors and warnings, and uncaught errors, on
+    // the <html> element, where the dumped DOM shows them (chromium's log has no levels).
+    let probe = Path.Combine(Fixtures.tempDir (), "report-probe.html")
+    File.WriteAllText(probe, File.ReadAllText(page).Replace("<head>", "<head><script>" + consoleProbe + "</script>"))
+    let dom, log = render exe probe
+    Expect.equal (count "class=\"figure\"" dom) figures $"{figures} figure containers"
+    Expect.equal (count "class=\"js-plotly-plot\"" dom) figures "every chart rendered by plotly.js"
+    // every figure container holds an SVG: split the DOM at the containers
+    let parts = dom.Split("class=\"figure\"").[1..]
+    parts |> Array.iteri (fun i part -> Expect.stringContains part "class=\"main-svg\"" $"figure {i + 1} drew an SVG")
+    Expect.isFalse (log.Contains "Uncaught") $"no script error in the browser log:\n{log}"
+    Expect.isTrue (dom.Contains "data-probe=\"on\"") "the console probe ran"
+    for mark in [ "data-console-error"; "data-console-warn"; "data-uncaught" ] do
+        let at = dom.IndexOf(mark + "=\"")
+        Expect.equal at -1 $"""no {mark} on the page: {(if at < 0 then "" else dom.Substring(at, min 300 (dom.Length - at)))}"""
+    dom
+
 /// One triggered input up close on a 6 × 6 patch grid, four tokens above τ.
 let private view: SampleView.View =
     { Attack = "badnet"; Id = "test-0"; Question = "What colour is the circle?"; Expected = [ "red" ]
@@ -101,24 +122,16 @@ let tests =
                       for f in figures -> Report.Figure f
                       yield Report.Side [ Report.Figure(SampleView.chart view); Report.Table(SampleView.answerHeader, SampleView.answerRows view) ]
                       yield Report.Table([ "defense"; "ASR %" ], [ [ "none"; "100.0" ]; [ "cleansight"; "0.0" ] ]) ]
-                Expect.isFalse (Text.RegularExpressions.Regex.IsMatch(File.ReadAllText page, "<script[^>]*\\ssrc=")) "every script is inline (no plotly.js to fetch)"
-                // A copy of the page that records console errors and warnings, and uncaught errors, on
-                // the <html> element, where the dumped DOM shows them (chromium's log has no levels).
-                let probe = Path.Combine(Path.GetDirectoryName page, "report-probe.html")
-                File.WriteAllText(probe, File.ReadAllText(page).Replace("<head>", "<head><script>" + consoleProbe + "</script>"))
-                let dom, log = render exe probe
-                let n = figures.Length + 1
-                Expect.equal (count "class=\"figure\"" dom) n $"{n} figure containers"
-                Expect.equal (count "class=\"js-plotly-plot\"" dom) n "every chart rendered by plotly.js"
-                // every figure container holds an SVG: split the DOM at the containers
-                let parts = dom.Split("class=\"figure\"").[1..]
-                parts |> Array.iteri (fun i part -> Expect.stringContains part "class=\"main-svg\"" $"figure {i + 1} drew an SVG")
+                let dom = rendersCleanly exe page (figures.Length + 1)
                 Expect.stringContains dom "<td>cleansight</td>" "the table is present"
                 Expect.stringContains dom "hacked lol" "the per-sample answers are present"
-                Expect.isFalse (log.Contains "Uncaught") $"no script error in the browser log:\n{log}"
-                Expect.isTrue (dom.Contains "data-probe=\"on\"") "the console probe ran"
-                for mark in [ "data-console-error"; "data-console-warn"; "data-uncaught" ] do
-                    let at = dom.IndexOf(mark + "=\"")
-                    Expect.equal at -1 $"""no {mark} on the page: {(if at < 0 then "" else dom.Substring(at, min 300 (dom.Length - at)))}"""
+        }
+        test "evaluate's report.html (fixture model, 3 + 3 inputs) renders its 7 charts offline, with no script error" {
+            match chromium with
+            | None -> skiptest "Debian chromium is not installed (apt-get install chromium)"
+            | Some exe ->
+                // charts 1, 2, 3; 4: one histogram and the ROC; 5: ASR and utility
+                let dom = rendersCleanly exe (Path.Combine(EvaluationTests.evaluatedFolder (), "report.html")) 7
+                Expect.stringContains dom "<td>cleansight</td>" "the table is present"
         }
     ]
