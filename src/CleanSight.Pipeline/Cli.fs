@@ -237,7 +237,7 @@ type DefendArgs =
             | Dtype _ -> "compute dtype: f32 (default), bf16, f16 (the calibration's)"
             | Calibration _ -> "calibration file made for this model (cleansight calibrate)"
             | Data _ -> "the inputs to answer (dataset JSONL; \"answers\" may be absent)"
-            | Out _ -> "folder for defended.csv (re-running resumes)"
+            | Out _ -> "folder for defended.csv (re-running resumes), report.html and frames/"
             | Limit _ -> "at most the first N inputs"
             | Max_New_Tokens _ -> "greedy token budget (default 32)"
             | No_Progress -> "no progress output"

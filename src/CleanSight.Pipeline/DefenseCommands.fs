@@ -133,7 +133,7 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
         let model, adapter = args.GetResult EvaluateArgs.Model, args.TryGetResult EvaluateArgs.Adapter
         let name = match adapter with Some a -> Path.GetFileNameWithoutExtension a | None -> Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath model))
         let intro =
-            [ $"""Model {model}{(match adapter with Some a -> $" with the adapter {a}" | None -> "")}; calibration {calibrationPath}: {Analysis.Findings.describeCalibration calibration}."""
+            [ Analysis.Findings.describeRun model adapter calibrationPath calibration
               $"""Clean inputs {clean}, triggered inputs {poisoned}; target "{target}"; defenses {String.Join(", ", defenses |> List.map Defenses.name)}; greedy answers of at most {maxNewTokens} tokens. Thresholds come from clean data only.""" ]
         Analysis.Findings.writeEvaluation session calibration records metrics name clean poisoned (min attentionInputs (defaultArg limit Int32.MaxValue))
             intro out (Progress.counter progress "attention by layer")
@@ -183,4 +183,16 @@ let defend (args: ParseResults<DefendArgs>) =
             let pruned = if f.Length = 0 then 0.0 else f |> Array.averageBy (fun r -> float r.Verdict.Pruned.Length)
             printfn "  %s: %d of %d flagged (γ %.4g); %.1f image tokens excluded per flagged input"
                 task f.Length rs.Length rs.[0].Verdict.Threshold pruned
+        // the pictures: the three most suspicious flagged inputs observed once more at every layer
+        let byId = items |> Array.map (fun it -> it.Id, it) |> dict
+        let views =
+            [ for r in Analysis.DefendReport.suspicious 3 records ->
+                  let item = byId.[r.Id]
+                  Analysis.DefendReport.view session calibration item (RgbImage.Load(Dataset.imagePath data item)) r ]
+        let model, adapter = args.GetResult DefendArgs.Model, args.TryGetResult DefendArgs.Adapter
+        let intro =
+            [ Analysis.Findings.describeRun model adapter calibrationPath calibration
+              $"Inputs {data}; greedy answers of at most {settings.MaxNewTokens} tokens; a flagged input has its attention-stealing image tokens excluded from the last detection layer on, and is also answered without the defense." ]
+        Analysis.DefendReport.write out $"CleanSight on {data}" intro records views
+        printfn "%s: the distances, the most suspicious inputs and every flagged one" (Path.Combine(out, "report.html"))
         0)

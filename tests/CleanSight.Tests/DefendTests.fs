@@ -64,6 +64,9 @@ let private record (i: int) : Defend.Record =
                   Pruned = (if i % 2 = 1 then [| 5L; 9L |] else [||]); VisualTokens = 36; FromLayer = 0 }
       Output = "yes, \"it\" is"; Undefended = (if i % 2 = 1 then "you have\nbeen hacked lol" else "yes, \"it\" is"); Ms = 12.345 }
 
+/// The folder of the first run on triggered inputs (its report.html is rendered in ReportTests).
+let poisonedFolder () = let out, _, _ = defended.Value.["poisoned"] in out
+
 [<Tests>]
 let tests =
     testSequenced <| testList "defend" [
@@ -100,6 +103,29 @@ let tests =
                           "--prompt"; item.Question; "--max-new-tokens"; "8" ]
                 Expect.equal code 0 err
                 Expect.equal r.Output (plain.TrimEnd '\n') $"{r.Id}: the same answer as plain generate"
+        }
+        test "report.html and frames/: the distances against γ, the 3 most suspicious flagged inputs up close, every flagged input listed" {
+            let out, stdout, records = defended.Value.["poisoned"]
+            let page = File.ReadAllText(Path.Combine(out, "report.html"))
+            Expect.stringContains stdout (Path.Combine(out, "report.html")) "the summary names the report"
+            for heading in [ "1. Distances of your inputs"; "2. The most suspicious inputs up close"; "3. Every flagged input" ] do
+                Expect.stringContains page heading $"section {heading}"
+            let flagged = records |> Array.filter (fun r -> r.Verdict.Flagged)
+            Expect.stringContains page $"{flagged.Length} of {records.Length} inputs flagged" "the count"
+            let frame file = File.ReadAllLines(Path.Combine(out, "frames", file)) |> Array.skip 1 |> Array.map (fun l -> l.Split ',')
+            let distances = frame "distances.csv"
+            Expect.equal (distances |> Array.map (fun row -> row.[1], row.[5]) |> Set.ofArray)
+                (records |> Array.map (fun r -> r.Id, (if r.Verdict.Flagged then "True" else "False")) |> Set.ofArray) "one row per input, flagged as its record"
+            // the views: the largest distances among the flagged, each outlining exactly its excluded tokens
+            let attention = frame "sample-attention.csv"
+            let shown = attention |> Array.map (fun row -> row.[2]) |> Array.distinct
+            let expected = flagged |> Array.sortByDescending (fun r -> r.Verdict.Distance) |> Array.truncate 3 |> Array.map (fun r -> r.Id)
+            Expect.equal shown expected "the 3 largest flagged distances, largest first"
+            for r in flagged |> Array.filter (fun r -> Array.contains r.Id shown) do
+                let outlined = attention |> Array.filter (fun row -> row.[2] = r.Id && row.[8] = "True") |> Array.length
+                Expect.equal outlined r.Verdict.Pruned.Length $"{r.Id}: the outlined tokens are the excluded ones"
+            // every flagged input in the table, with both answers
+            for r in flagged do Expect.stringContains page $"<td>{Net.WebUtility.HtmlEncode r.Id}</td>" $"{r.Id} listed"
         }
         test "a re-run resumes: a record cut short by a crash is redone, finished ones are kept" {
             let poisonedOut, _, first = defended.Value.["poisoned"]

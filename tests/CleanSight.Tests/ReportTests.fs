@@ -134,4 +134,11 @@ let tests =
                 let dom = rendersCleanly exe (Path.Combine(EvaluationTests.evaluatedFolder (), "report.html")) 7
                 Expect.stringContains dom "<td>cleansight</td>" "the table is present"
         }
+        test "defend's report.html (tiny world, 10 BadNet-triggered inputs) renders the histogram and 3 inputs up close, with no script error" {
+            match chromium with
+            | None -> skiptest "Debian chromium is not installed (apt-get install chromium)"
+            | Some exe ->
+                let dom = rendersCleanly exe (Path.Combine(DefendTests.poisonedFolder (), "report.html")) 4
+                Expect.stringContains dom "<td>without the defense</td>" "both answers beside each view"
+        }
     ]

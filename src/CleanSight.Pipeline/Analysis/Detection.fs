@@ -56,16 +56,20 @@ let rocFrame (all: Distances list) =
                     Columns.tpr => box p.Tpr; Columns.auroc => box a ])
     |> Frame.ofRows
 
+/// Histograms of d, one per named group of inputs, with each task's γ marked.
+let histogramOf (title: string) (groups: (string * Scored[]) list) =
+    let all = groups |> List.map snd |> Array.concat
+    let height = groups |> List.map (fun (_, xs) -> xs.Length) |> List.fold max 0
+    let thresholds = all |> Array.map (fun x -> x.Task, x.Threshold) |> Array.distinct |> Array.sort
+    [ for name, xs in groups -> Chart.Histogram(values xs, Name = name, Opacity = 0.6)
+      for task, g in thresholds -> Chart.Line([ g; g ], [ 0.0; float height ], Name = $"threshold γ ({task})") ]
+    |> Chart.combine
+    |> Chart.withTitle title
+    |> Chart.withXAxisStyle (TitleText = "distance d")
+
 /// One attack's histograms of d, clean vs triggered, with each task's γ marked.
 let histogram (d: Distances) =
-    let thresholds = Array.append d.Clean d.Triggered |> Array.map (fun x -> x.Task, x.Threshold) |> Array.distinct |> Array.sort
-    [ yield Chart.Histogram(values d.Clean, Name = "clean", Opacity = 0.6)
-      yield Chart.Histogram(values d.Triggered, Name = "triggered", Opacity = 0.6)
-      for task, g in thresholds ->
-          Chart.Line([ g; g ], [ 0.0; float d.Clean.Length ], Name = $"threshold γ ({task})") ]
-    |> Chart.combine
-    |> Chart.withTitle $"{d.Attack}: distance to the clean reference"
-    |> Chart.withXAxisStyle (TitleText = "distance d")
+    histogramOf $"{d.Attack}: distance to the clean reference" [ "clean", d.Clean; "triggered", d.Triggered ]
 
 /// The ROC curves of all attacks in one chart, AUROC in the legend, chance as the diagonal.
 let rocChart (all: Distances list) =

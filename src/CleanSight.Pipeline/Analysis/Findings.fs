@@ -164,6 +164,11 @@ let describeCalibration (c: Calibration.Calibration) =
     let conditioned = if s.Conditioning = Calibration.OnPromptLength then ", conditioned on the prompt's length" else ""
     $"detection layers {Calibration.describeLayers s}; feature {Calibration.featureName s.Feature}; whitening {Calibration.whiteningName s.Whitening}{conditioned}; threshold by the {Calibration.thresholdRuleName s.ThresholdRule} rule at the {s.Quantile} quantile of {c.Samples} clean samples"
 
+/// A report's first line: the model, its adapter, and the calibration file in one sentence.
+let describeRun (model: string) (adapter: string option) (calibrationPath: string) (calibration: Calibration.Calibration) =
+    let adapter = match adapter with Some a -> $" with the adapter {a}" | None -> ""
+    $"Model {model}{adapter}; calibration {calibrationPath}: {describeCalibration calibration}."
+
 /// `evaluate`'s pictures of one model: the first `inputs` clean and triggered test inputs observed at
 /// every layer (charts 1–3; chart 2's μ and σ from the observed clean inputs, as no calibration sample
 /// is at hand), then DIR/frames/*.csv and DIR/report.html, `intro` at its top. `step k n` reports
