@@ -127,6 +127,16 @@ let tests =
             // every flagged input in the table, with both answers
             for r in flagged do Expect.stringContains page $"<td>{Net.WebUtility.HtmlEncode r.Id}</td>" $"{r.Id} listed"
         }
+        test "report.html with nothing flagged: the distances, no views, the list says none, sections numbered without a gap" {
+            let dir = Fixtures.tempDir ()
+            let records = [| for i in 0 .. 3 -> { record (2 * i) with Id = $"in-{i}" } |] // even: unflagged
+            Analysis.DefendReport.write dir "title" [ "intro" ] records []
+            let page = File.ReadAllText(Path.Combine(dir, "report.html"))
+            Expect.stringContains page "0 of 4 inputs flagged" "the count"
+            Expect.stringContains page "<h2>2. Every flagged input</h2>\n<p>None.</p>" "section 2 lists none"
+            Expect.isFalse (page.Contains "up close") "no views"
+            Expect.equal (File.ReadAllLines(Path.Combine(dir, "frames", "distances.csv"))).Length 5 "header + 4 inputs"
+        }
         test "a re-run resumes: a record cut short by a crash is redone, finished ones are kept" {
             let poisonedOut, _, first = defended.Value.["poisoned"]
             let out = Fixtures.tempDir ()

@@ -77,6 +77,6 @@ let write (dir: string) (title: string) (intro: string list) (records: Defend.Re
               yield Report.Heading "2. The most suspicious inputs up close"
               yield Report.Text "The last prompt token's attention on each image token at the layer the exclusion starts at (max over heads), the excluded tokens outlined, and the answer with and without the defense."
               for v in views -> Report.Side [ Report.Figure(SampleView.chart v); Report.Table(answerHeader, answerRows v) ]
-          yield Report.Heading "3. Every flagged input"
+          yield Report.Heading $"{(if views.IsEmpty then 2 else 3)}. Every flagged input"
           if flagged.Length = 0 then yield Report.Text "None."
           else yield Report.Table(flaggedHeader, flaggedRows records) ]
