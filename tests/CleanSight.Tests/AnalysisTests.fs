@@ -162,6 +162,36 @@ let tests =
                 Expect.equal (Detection.rocFrame [ { d with Triggered = [||] } ]).RowCount 0 "no rows"
             }
         ]
+        testList "detection AUROC by layer (evaluate's chart 6)" [
+            // 3 layers × 2 heads of (visual, prompt) sums; the trigger doubles the visual sum at layer 1 only.
+            // Clean captions sit where triggered questions do (ratio 2), so only per-task references separate them.
+            let rng = Random(4)
+            let input (ratio: int -> float) = Array.init 3 (fun l -> Array.init 2 (fun _ -> ratio l + 0.05 * (rng.NextDouble() - 0.5), 1.0))
+            let base' task = if task = "caption" then 2.0 else 1.0
+            let clean task n = Array.init n (fun _ -> task, input (fun _ -> base' task))
+            let triggered task n = Array.init n (fun _ -> task, input (fun l -> if l = 1 then 2.0 * base' task else base' task))
+            let settings = { Calibration.defaultSettings 3 with Layers = [| 1; 2 |] }
+            let cleanAll = Array.append (clean "vqa" 40) (clean "caption" 20)
+            let triggeredAll = Array.append (triggered "vqa" 20) (triggered "caption" 10)
+            let rows = Findings.aurocByLayer "m" settings cleanAll triggeredAll
+            test "the layer the trigger moves scores 1, the others near chance; the calibrated layers get a row of their own" {
+                Expect.equal [ for r in rows -> r.Layers ] [ [| 0 |]; [| 1 |]; [| 2 |]; [| 1; 2 |] ] "one row per layer, then the calibrated set"
+                Expect.equal rows.[1].Auroc 1.0 "layer 1 separates"
+                for r in [ rows.[0]; rows.[2] ] do
+                    Expect.isTrue (r.Auroc > 0.2 && r.Auroc < 0.8) $"layer {r.Layers.[0]}: {r.Auroc} near chance"
+                Expect.isGreaterThan rows.[3].Auroc 0.9 "the calibrated layers 1, 2 include the moved one"
+            }
+            test "one reference per task: pooled, the clean captions would look triggered" {
+                let pooled = Findings.aurocByLayer "m" settings (cleanAll |> Array.map (fun (_, x) -> "any", x)) (triggeredAll |> Array.map (fun (_, x) -> "any", x))
+                Expect.isLessThan pooled.[1].Auroc 0.95 $"pooled layer 1: {pooled.[1].Auroc}"
+            }
+            test "a task with fewer than 4 clean inputs is left out; none left gives no rows" {
+                let withFew = Findings.aurocByLayer "m" settings (Array.append cleanAll (clean "odd" 3)) (Array.append triggeredAll (triggered "odd" 5))
+                Expect.equal [ for r in withFew -> r.Auroc ] [ for r in rows -> r.Auroc ] "the same AUROCs"
+                Expect.isEmpty (Findings.aurocByLayer "m" settings (clean "vqa" 3) (triggered "vqa" 3)) "no task with 4 clean inputs"
+                Expect.equal (Findings.aurocByLayer "m" { settings with Layers = [| 1 |] } cleanAll triggeredAll).Length 3 "a single calibrated layer: no extra row"
+            }
+        ]
         testList "ablations (chart 6)" [
             test "sample count: sizes below the sample count only, held-out = rest, FPR in [0, 1], seeded" {
                 let clean = gaussian 3 120 (fun _ -> 1.0) (fun _ -> 0.2) 6

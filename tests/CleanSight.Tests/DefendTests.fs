@@ -64,6 +64,19 @@ let private record (i: int) : Defend.Record =
                   Pruned = (if i % 2 = 1 then [| 5L; 9L |] else [||]); VisualTokens = 36; FromLayer = 0 }
       Output = "yes, \"it\" is"; Undefended = (if i % 2 = 1 then "you have\nbeen hacked lol" else "yes, \"it\" is"); Ms = 12.345 }
 
+/// `evaluate` on the same 10 + 10 inputs with the layer-0 calibration: (out, exit code, stderr).
+let private evaluated =
+    lazy (
+        let clean, poisoned, calibration = world.Value
+        let out = Fixtures.tempDir ()
+        let code, _, err =
+            run [ "evaluate"; "--model"; base'; "--adapter"; badnet; "--calibration"; calibration; "--clean"; clean; "--poisoned"; poisoned
+                  "--target"; target; "--defense"; "none,cleansight"; "--limit"; "10"; "--max-new-tokens"; "2"; "--out"; out; "--no-progress" ]
+        out, code, err)
+
+/// Its folder (its report.html, chart 6 included, is rendered in ReportTests).
+let evaluatedFolder () = let out, _, _ = evaluated.Value in out
+
 /// The folder of the first run on triggered inputs (its report.html is rendered in ReportTests).
 let poisonedFolder () = let out, _, _ = defended.Value.["poisoned"] in out
 
@@ -136,6 +149,18 @@ let tests =
             Expect.stringContains page "<h2>2. Every flagged input</h2>\n<p>None.</p>" "section 2 lists none"
             Expect.isFalse (page.Contains "up close") "no views"
             Expect.equal (File.ReadAllLines(Path.Combine(dir, "frames", "distances.csv"))).Length 5 "header + 4 inputs"
+        }
+        test "evaluate's chart 6 on the tiny world: of all 8 layers, layer 0 sees BadNet's trigger (AUROC ≥ 0.9)" {
+            let out, code, err = evaluated.Value
+            Expect.equal code 0 err
+            Expect.stringContains (File.ReadAllText(Path.Combine(out, "report.html"))) "6. Which layer sees the trigger" "chart 6 drawn"
+            let rows = File.ReadAllLines(Path.Combine(out, "frames", "auroc-by-layer.csv")) |> Array.skip 1 |> Array.map (fun l -> l.Split ',')
+            // Key, attack, trigger, layers, start, width, auroc; the calibration is at layer 0 alone: no extra row
+            Expect.equal (rows |> Array.map (fun r -> r.[3])) [| for l in 0 .. 7 -> string l |] "one row per layer"
+            let auroc = rows |> Array.map (fun r -> Double.Parse(r.[6], Globalization.CultureInfo.InvariantCulture))
+            Expect.isGreaterThanOrEqual auroc.[0] 0.9 $"layer 0: {auroc.[0]}"
+            let all = String.Join(", ", auroc)
+            Expect.equal (Array.max auroc) auroc.[0] $"layer 0 is the best layer ({all})"
         }
         test "a re-run resumes: a record cut short by a crash is redone, finished ones are kept" {
             let poisonedOut, _, first = defended.Value.["poisoned"]

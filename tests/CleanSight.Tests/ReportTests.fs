@@ -134,6 +134,13 @@ let tests =
                 let dom = rendersCleanly exe (Path.Combine(EvaluationTests.evaluatedFolder (), "report.html")) 7
                 Expect.stringContains dom "<td>cleansight</td>" "the table is present"
         }
+        test "evaluate's report.html on the tiny world (10 + 10 inputs) renders its 8 charts, chart 6 included, with no script error" {
+            match chromium with
+            | None -> skiptest "Debian chromium is not installed (apt-get install chromium)"
+            | Some exe ->
+                let dom = rendersCleanly exe (Path.Combine(DefendTests.evaluatedFolder (), "report.html")) 8
+                Expect.stringContains dom "Detection AUROC by layer" "chart 6's title"
+        }
         test "defend's report.html (tiny world, 10 BadNet-triggered inputs) renders the histogram and 3 inputs up close, with no script error" {
             match chromium with
             | None -> skiptest "Debian chromium is not installed (apt-get install chromium)"

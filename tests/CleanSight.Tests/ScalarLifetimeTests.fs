@@ -94,9 +94,11 @@ module Hazards =
         use two = (2).ToScalar()
         x.pow(two)
 
+// Sequenced: the scans share one memo (`makesTemporaryInside`), a plain Dictionary that two scans
+// running at once corrupted (seen once both of them ran beside the report tests).
 [<Tests>]
 let tests =
-    testList "Scalar lifetimes" [
+    testSequenced <| testList "Scalar lifetimes" [
         test "the scan finds the temporaries it is meant to find" {
             let found = temporaryScalars [ typeof<Hazards.Marker>.DeclaringType ]
             Expect.exists found (fun s -> s.Contains "Hazards.implicitPow") "x.pow(2) with an implicit 2"

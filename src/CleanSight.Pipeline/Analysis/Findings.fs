@@ -169,10 +169,60 @@ let describeRun (model: string) (adapter: string option) (calibrationPath: strin
     let adapter = match adapter with Some a -> $" with the adapter {a}" | None -> ""
     $"Model {model}{adapter}; calibration {calibrationPath}: {describeCalibration calibration}."
 
+/// Chart 6 of `evaluate`: detection AUROC had CleanSight looked at one layer ℓ alone (a row per
+/// layer), and at the calibrated layers (one more row unless that is a single layer). From inputs
+/// observed at every layer — (task, per-input (visual, prompt) sums [layer][head]) — one reference
+/// per task, as calibrate makes them: fitted on the task's even-numbered clean inputs, its
+/// odd-numbered ones are the negatives and its triggered inputs the positives (tasks with fewer than
+/// 4 clean inputs are left out); the calibration's feature and whitening, unconditioned. A
+/// diagnostic: it needs the triggered inputs, which a defender does not have.
+let aurocByLayer (name: string) (s: Calibration.Settings)
+                 (clean: (string * (float * float)[][])[]) (triggered: (string * (float * float)[][])[]) =
+    let tasks =
+        clean |> Array.groupBy fst |> Array.filter (fun (_, xs) -> xs.Length >= 4)
+        |> Array.choose (fun (task, xs) ->
+            let positives = triggered |> Array.filter (fun (t, _) -> t = task) |> Array.map snd
+            if positives.Length = 0 then None
+            else
+                let half parity = xs |> Array.indexed |> Array.filter (fun (i, _) -> i % 2 = parity) |> Array.map (snd >> snd)
+                Some(half 0, half 1, positives))
+    let row (ls: int[]) : LayerSelection.SweepRow =
+        let distances (reference: (float * float)[][][]) (xs: (float * float)[][][]) =
+            let r = Whitening.fit s.Whitening (reference |> Array.map (AttentionStealing.featuresAt s.Feature ls))
+            xs |> Array.map (AttentionStealing.featuresAt s.Feature ls >> Whitening.distance r)
+        let negatives = tasks |> Array.collect (fun (reference, negatives, _) -> distances reference negatives)
+        let positives = tasks |> Array.collect (fun (reference, _, positives) -> distances reference positives)
+        { Attack = name; Trigger = "real"; Layers = ls; Auroc = Metrics.DetectionMetrics.auroc negatives positives }
+    if tasks.Length = 0 then []
+    else
+        let layers = (snd triggered.[0]).Length
+        [ for l in 0 .. layers - 1 -> row [| l |]
+          if s.Layers.Length > 1 then yield row s.Layers ]
+
+/// AUROC by single layer, the calibrated layers' AUROC as a dashed level, chance dotted.
+let aurocChart (rows: LayerSelection.SweepRow list) (detectionLayers: int[]) =
+    let single = rows |> List.filter (fun r -> r.Layers.Length = 1) |> List.sortBy (fun r -> r.Layers.[0])
+    let last = single |> List.map (fun r -> r.Layers.[0]) |> List.max
+    let level name (y: float) dash colour =
+        Chart.Line([ 0; last ], [ y; y ], Name = name, LineDash = dash, LineColor = Color.fromString colour)
+    [ yield Chart.Line(single |> List.map (fun r -> r.Layers.[0]), single |> List.map (fun r -> r.Auroc), Name = "detection at this layer alone", ShowMarkers = true)
+      match rows |> List.tryFind (fun r -> r.Layers.Length > 1) with
+      | Some r -> yield level $"""the calibrated layers {String.Join(",", r.Layers)}""" r.Auroc StyleParam.DrawingStyle.Dash "black"
+      | None -> ()
+      yield level "chance" 0.5 StyleParam.DrawingStyle.Dot "grey"
+      for l in detectionLayers ->
+          Chart.Line([ l; l ], [ 0.0; 1.0 ], Name = "detection layer", ShowLegend = false, LineDash = StyleParam.DrawingStyle.Dot, LineColor = Color.fromString "grey") ]
+    |> Chart.combine
+    |> Chart.withTitle "Detection AUROC by layer (clean test inputs vs their triggered versions)"
+    |> Chart.withXAxisStyle (TitleText = "layer")
+    |> Chart.withYAxisStyle (TitleText = "AUROC", MinMax = (0.0, 1.0))
+    |> Chart.withSize (900, 440)
+
 /// `evaluate`'s pictures of one model: the first `inputs` clean and triggered test inputs observed at
 /// every layer (charts 1–3; chart 2's μ and σ from the observed clean inputs, as no calibration sample
-/// is at hand), then DIR/frames/*.csv and DIR/report.html, `intro` at its top. `step k n` reports
-/// progress. With fewer than 2 clean or no triggered inputs observed, charts 1–3 are left out.
+/// is at hand) and chart 6 (`aurocByLayer`), then DIR/frames/*.csv and DIR/report.html, `intro` at its
+/// top. `step k n` reports progress. With fewer than 2 clean or no triggered inputs observed, charts
+/// 1–3 are left out; chart 6 needs a task with 4 clean inputs observed.
 let writeEvaluation (session: LlavaSession) (calibration: Calibration.Calibration) (records: Evaluation.Record[])
                     (metrics: (string * Summary.DefenseMetrics)[]) (name: string) (clean: string) (poisoned: string)
                     (inputs: int) (intro: string list) (dir: string) (step: int -> int -> unit) =
@@ -181,19 +231,26 @@ let writeEvaluation (session: LlavaSession) (calibration: Calibration.Calibratio
     let total = cleanInputs.Length + triggeredInputs.Length
     let cleanObserved = observe session (fun k -> step k total) cleanInputs
     let triggeredObserved = observe session (fun k -> step (cleanInputs.Length + k) total) triggeredInputs
+    let cleanSums, triggeredSums = Array.map AttentionStealing.sumsOf cleanObserved, Array.map AttentionStealing.sumsOf triggeredObserved
     let attention, deviation, views =
         if cleanObserved.Length < 2 || triggeredObserved.Length = 0 then [], [], []
         else
             let attention, deviation =
-                observedFigures name calibration session.Config.Text.NumAttentionHeads
-                    (cleanObserved |> Array.map AttentionStealing.sumsOf) cleanObserved triggeredObserved
+                observedFigures name calibration session.Config.Text.NumAttentionHeads cleanSums cleanObserved triggeredObserved
             attention, deviation, sampleViews 1 calibration records name triggeredInputs triggeredObserved
+    let tasksOf (inputs: (Dataset.Item * RgbImage)[]) = inputs |> Array.map (fun (it, _) -> Dataset.taskName it.Task)
+    let byLayer = aurocByLayer name calibration.Settings (Array.zip (tasksOf cleanInputs) cleanSums) (Array.zip (tasksOf triggeredInputs) triggeredSums)
     let evaluated =
         { Name = name; Calibration = calibration; Records = records; Metrics = metrics; Attention = attention
           Deviation = deviation; Views = views; Distances = distances name calibration records }
     saveFrames (Path.Combine(dir, "frames")) [ evaluated ]
+    LayerSelection.sweepFrame byLayer |> Files.saveCsv (Path.Combine(dir, "frames", "auroc-by-layer.csv"))
     Report.write (Path.Combine(dir, "report.html")) $"CleanSight evaluation: {name}"
         [ for line in intro -> Report.Text line
           if attention.IsEmpty then
               yield Report.Text $"Charts 1–3 need at least 2 clean and 1 triggered input observed at every layer; {cleanObserved.Length} and {triggeredObserved.Length} were (--attention-inputs)."
-          yield! sections $"clean test inputs (the first {cleanObserved.Length} observed at every layer)" [ evaluated ] ]
+          yield! sections $"clean test inputs (the first {cleanObserved.Length} observed at every layer)" [ evaluated ]
+          if not byLayer.IsEmpty then
+              yield Report.Heading "6. Which layer sees the trigger"
+              yield Report.Text $"Detection AUROC had CleanSight looked at one layer alone, and at the calibrated layers: of each task with at least 4 observed clean test inputs, a reference fitted on half of them, the other half against the task's observed triggered inputs; the calibration's feature and whitening. A diagnostic: it uses triggered inputs, which a defender does not have — choosing --layers by it tunes the defense to this trigger."
+              yield Report.Figure(aurocChart byLayer calibration.Settings.Layers) ]
