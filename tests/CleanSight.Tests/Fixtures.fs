@@ -41,16 +41,20 @@ let tinyLlavaCopy () =
         File.Copy(f, Path.Combine(dir, Path.GetFileName f))
     dir
 
-/// Runs the `cleansight` CLI in-process; returns (exit code, stdout, stderr). Redirects the console:
-/// call it from `testSequenced` lists only.
+let private cliGate = obj ()
+
+/// Runs the `cleansight` CLI in-process; returns (exit code, stdout, stderr). It redirects the
+/// console, which is process-wide: runs take turns (a report test running in parallel may force
+/// another module's lazy run), else one would read another's output.
 let runCli (args: string list) =
-    let out, err = new StringWriter(), new StringWriter()
-    let oldOut, oldErr = Console.Out, Console.Error
-    Console.SetOut out
-    Console.SetError err
-    try
-        let code = CleanSight.Pipeline.Program.main (Array.ofList args)
-        code, out.ToString(), err.ToString()
-    finally
-        Console.SetOut oldOut
-        Console.SetError oldErr
+    lock cliGate (fun () ->
+        let out, err = new StringWriter(), new StringWriter()
+        let oldOut, oldErr = Console.Out, Console.Error
+        Console.SetOut out
+        Console.SetError err
+        try
+            let code = CleanSight.Pipeline.Program.main (Array.ofList args)
+            code, out.ToString(), err.ToString()
+        finally
+            Console.SetOut oldOut
+            Console.SetError oldErr)
