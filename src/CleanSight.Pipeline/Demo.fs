@@ -104,6 +104,8 @@ let checkThresholdRule (s: Settings) =
 type AttackResult =
     { Attack: Materialize.AttackEntry
       Findings: Findings.Evaluated
+      /// chart 7: detection AUROC by layer (`Findings.aurocByLayerAgainst`, the calibration samples as reference)
+      ByLayer: LayerSelection.SweepRow list
       Tau: Ablations.TauRow list
       SampleCount: Ablations.SampleCountRow list }
 
@@ -181,6 +183,13 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let attention, deviation =
         Findings.observedFigures attack.name calibration session.Config.Text.NumAttentionHeads (measured |> Array.map snd)
             cleanObserved triggeredObserved
+    // chart 7: each layer's AUROC, the clean calibration samples (recorded at every layer) as each task's reference
+    let tasksOf (items: Dataset.Item[]) = items |> Array.map (fun it -> Dataset.taskName it.Task)
+    let withTasks items (sums: (float * float)[][][]) = Array.zip (tasksOf items) sums
+    let byLayer =
+        Findings.aurocByLayerAgainst attack.name settings (withTasks calItems (measured |> Array.map snd))
+            (withTasks (Array.map fst cleanInputs) (Array.map AttentionStealing.sumsOf cleanObserved))
+            (withTasks (Array.map fst triggeredInputs) (Array.map AttentionStealing.sumsOf triggeredObserved))
     let findings: Findings.Evaluated =
         { Name = attack.name; Calibration = calibration; Records = records; Metrics = metrics
           Attention = attention; Deviation = deviation
@@ -193,7 +202,7 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let none = metrics |> Array.find (fun (n, _) -> n = "none") |> snd
     let asrNone, asrCs, auroc = 100.0 * defaultArg none.Asr nan, 100.0 * defaultArg cs.Asr nan, defaultArg cs.Auroc nan
     p.Log $"{attack.name}: ASR without defense {asrNone:F0}%%, with CleanSight {asrCs:F0}%%, AUROC {auroc:F3}"
-    { Attack = attack; Findings = findings; Tau = tau; SampleCount = sampleCount }
+    { Attack = attack; Findings = findings; ByLayer = byLayer; Tau = tau; SampleCount = sampleCount }
 
 /// Writes every frame under DIR/frames and the report.
 let private writeReport (s: Settings) (results: AttackResult list) =
@@ -204,6 +213,8 @@ let private writeReport (s: Settings) (results: AttackResult list) =
     let sampleCount = results |> List.collect (fun r -> r.SampleCount)
     Ablations.tauFrame tau |> Files.saveCsv (Path.Combine(frames, "ablation-tau.csv"))
     Ablations.sampleCountFrame sampleCount |> Files.saveCsv (Path.Combine(frames, "ablation-samples.csv"))
+    let byLayer = results |> List.collect (fun r -> r.ByLayer)
+    LayerSelection.sweepFrame byLayer |> Files.saveCsv (Path.Combine(frames, "auroc-by-layer.csv"))
     let reference = findings.Head.Calibration.Settings
     let taus = String.Join(", ", s.TauGrid)
     Report.write (Path.Combine(s.Out, "report.html")) "CleanSight on the tiny backdoored world"
@@ -217,7 +228,11 @@ let private writeReport (s: Settings) (results: AttackResult list) =
           yield Report.Heading "6. Ablations"
           yield Report.Text $"τ: purification forced on every input, on the first {min s.AblationInputs s.Test} clean and triggered test inputs; each line runs through τ·T = {taus} and no purification (lower τ prunes more). Clean samples: {s.SampleRepeats} seeded draws of n calibration samples each; threshold at the {reference.Quantile} quantile of their {Calibration.thresholdFromName reference.ThresholdFrom} distances ({Calibration.thresholdRuleName reference.ThresholdRule} rule), as calibrate sets it; FPR on the calibration samples not drawn."
           yield Report.Figure(Ablations.tauChart tau)
-          yield Report.Figure(Ablations.sampleCountChart sampleCount) ]
+          yield Report.Figure(Ablations.sampleCountChart sampleCount)
+          if not byLayer.IsEmpty then
+              yield Report.Heading "7. Which layer sees the trigger"
+              yield Report.Text $"Detection AUROC had CleanSight looked at one layer alone, and at each model's calibrated layers: per task, the reference fitted on the clean calibration samples, the first {s.AttentionInputs} clean test inputs against their triggered versions; {Calibration.featureName reference.Feature} feature, {Calibration.whiteningName reference.Whitening} whitening. A diagnostic: it uses the triggers, which a defender does not have; the detection layers are not chosen by it."
+              yield Report.Figure(Findings.aurocChart byLayer reference.Layers) ]
 
 let run (s: Settings) (p: Progress.Reporter) =
     let total = Stopwatch.StartNew()

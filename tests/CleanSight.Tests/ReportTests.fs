@@ -100,7 +100,12 @@ let private figures (rows: AttentionStealing.Row list) =
       yield! distances |> List.map Detection.histogram
       Detection.rocChart distances
       Ablations.tauChart tau
-      Ablations.sampleCountChart samples ]
+      Ablations.sampleCountChart samples
+      Findings.aurocChart
+          [ for model in [ "badnet"; "blended" ] do
+                for l in 0 .. 3 -> ({ Attack = model; Trigger = "real"; Layers = [| l |]; Auroc = if l = 0 then 0.99 else 0.5 }: LayerSelection.SweepRow)
+                yield { Attack = model; Trigger = "real"; Layers = [| 1; 2 |]; Auroc = 0.45 } ]
+          [| 1; 2 |] ]
 
 [<Tests>]
 let tests =

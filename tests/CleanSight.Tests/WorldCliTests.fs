@@ -101,7 +101,14 @@ let tests =
             Expect.equal (data.RootElement.GetProperty("model").GetString()) (Path.Combine(mine, "base")) "the data's manifest points at its base"
             Expect.equal (Directory.GetFiles(Path.Combine(out, "calibration")) |> Array.map Path.GetFileName) [| "badnet.json" |] "only badnet calibrated"
             Expect.equal (Directory.GetDirectories(Path.Combine(out, "eval")) |> Array.map Path.GetFileName) [| "badnet" |] "only badnet evaluated"
-            Expect.stringContains (File.ReadAllText(Path.Combine(out, "report.html"))) $"the tiny world at {mine}" "the report names the world"
+            let page = File.ReadAllText(Path.Combine(out, "report.html"))
+            Expect.stringContains page $"the tiny world at {mine}" "the report names the world"
+            // chart 7: each of the 8 layers' AUROC and the default layers' (2 clean + 2 triggered test inputs)
+            Expect.stringContains page "7. Which layer sees the trigger" "chart 7"
+            let byLayer = File.ReadAllLines(Path.Combine(out, "frames", "auroc-by-layer.csv")) |> Array.skip 1
+            Expect.equal byLayer.Length 9 "one row per layer, then the default layers"
+            Expect.equal (byLayer.[.. 7] |> Array.map (fun l -> let r = l.Split ',' in r.[1], r.[3])) [| for l in 0 .. 7 -> "badnet", string l |] "layers 0–7"
+            Expect.stringContains byLayer.[8] "badnet,real,\"2,3,4\",2,3," "the default layers 2–4"
             use settings = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "manifest.json")))
             Expect.stringContains (settings.RootElement.GetProperty("config").GetRawText()) (JsonEncodedText.Encode(mine).ToString()) "the run records its world"
         }

@@ -169,23 +169,21 @@ let describeRun (model: string) (adapter: string option) (calibrationPath: strin
     let adapter = match adapter with Some a -> $" with the adapter {a}" | None -> ""
     $"Model {model}{adapter}; calibration {calibrationPath}: {describeCalibration calibration}."
 
-/// Chart 6 of `evaluate`: detection AUROC had CleanSight looked at one layer ℓ alone (a row per
-/// layer), and at the calibrated layers (one more row unless that is a single layer). From inputs
-/// observed at every layer — (task, per-input (visual, prompt) sums [layer][head]) — one reference
-/// per task, as calibrate makes them: fitted on the task's even-numbered clean inputs, its
-/// odd-numbered ones are the negatives and its triggered inputs the positives (tasks with fewer than
-/// 4 clean inputs are left out); the calibration's feature and whitening, unconditioned. A
-/// diagnostic: it needs the triggered inputs, which a defender does not have.
-let aurocByLayer (name: string) (s: Calibration.Settings)
-                 (clean: (string * (float * float)[][])[]) (triggered: (string * (float * float)[][])[]) =
+/// Detection AUROC had CleanSight looked at one layer ℓ alone (a row per layer), and at the
+/// calibrated layers (one more row unless that is a single layer). Inputs observed at every layer come
+/// as (task, per-input (visual, prompt) sums [layer][head]); one reference per task, as calibrate makes
+/// them: fitted on the task's `reference` inputs (tasks with fewer than 2, or without clean or
+/// triggered inputs, are left out), its `clean` inputs the negatives, its `triggered` ones the
+/// positives; the calibration's feature and whitening (`s`), unconditioned. A diagnostic: it needs the
+/// triggered inputs, which a defender does not have.
+let aurocByLayerAgainst (name: string) (s: Calibration.Settings) (reference: (string * (float * float)[][])[])
+                        (clean: (string * (float * float)[][])[]) (triggered: (string * (float * float)[][])[]) =
+    let ofTask task (xs: (string * (float * float)[][])[]) = xs |> Array.filter (fst >> (=) task) |> Array.map snd
     let tasks =
-        clean |> Array.groupBy fst |> Array.filter (fun (_, xs) -> xs.Length >= 4)
+        reference |> Array.groupBy fst |> Array.filter (fun (_, xs) -> xs.Length >= 2)
         |> Array.choose (fun (task, xs) ->
-            let positives = triggered |> Array.filter (fun (t, _) -> t = task) |> Array.map snd
-            if positives.Length = 0 then None
-            else
-                let half parity = xs |> Array.indexed |> Array.filter (fun (i, _) -> i % 2 = parity) |> Array.map (snd >> snd)
-                Some(half 0, half 1, positives))
+            let negatives, positives = ofTask task clean, ofTask task triggered
+            if negatives.Length = 0 || positives.Length = 0 then None else Some(Array.map snd xs, negatives, positives))
     let row (ls: int[]) : LayerSelection.SweepRow =
         let distances (reference: (float * float)[][][]) (xs: (float * float)[][][]) =
             let r = Whitening.fit s.Whitening (reference |> Array.map (AttentionStealing.featuresAt s.Feature ls))
@@ -199,24 +197,36 @@ let aurocByLayer (name: string) (s: Calibration.Settings)
         [ for l in 0 .. layers - 1 -> row [| l |]
           if s.Layers.Length > 1 then yield row s.Layers ]
 
-/// AUROC by single layer, the calibrated layers' AUROC as a dashed level, chance dotted.
+/// Chart 6 of `evaluate`, where no calibration sample is at hand: `aurocByLayerAgainst` with each
+/// task's even-numbered clean inputs as its reference and the odd-numbered ones as the negatives
+/// (tasks with fewer than 4 clean inputs are left out).
+let aurocByLayer (name: string) (s: Calibration.Settings)
+                 (clean: (string * (float * float)[][])[]) (triggered: (string * (float * float)[][])[]) =
+    let halves =
+        clean |> Array.groupBy fst |> Array.filter (fun (_, xs) -> xs.Length >= 4)
+        |> Array.map (fun (_, xs) -> xs |> Array.indexed |> Array.partition (fun (i, _) -> i % 2 = 0))
+    let part pick = halves |> Array.collect (fun h -> pick h |> Array.map snd)
+    aurocByLayerAgainst name s (part fst) (part snd) triggered
+
+/// AUROC by single layer per model, each model's calibrated layers as a dashed level, chance dotted.
 let aurocChart (rows: LayerSelection.SweepRow list) (detectionLayers: int[]) =
-    let single = rows |> List.filter (fun r -> r.Layers.Length = 1) |> List.sortBy (fun r -> r.Layers.[0])
-    let last = single |> List.map (fun r -> r.Layers.[0]) |> List.max
-    let level name (y: float) dash colour =
-        Chart.Line([ 0; last ], [ y; y ], Name = name, LineDash = dash, LineColor = Color.fromString colour)
-    [ yield Chart.Line(single |> List.map (fun r -> r.Layers.[0]), single |> List.map (fun r -> r.Auroc), Name = "detection at this layer alone", ShowMarkers = true)
-      match rows |> List.tryFind (fun r -> r.Layers.Length > 1) with
-      | Some r -> yield level $"""the calibrated layers {String.Join(",", r.Layers)}""" r.Auroc StyleParam.DrawingStyle.Dash "black"
-      | None -> ()
-      yield level "chance" 0.5 StyleParam.DrawingStyle.Dot "grey"
+    let last = rows |> List.filter (fun r -> r.Layers.Length = 1) |> List.map (fun r -> r.Layers.[0]) |> List.max
+    let level name (y: float) dash =
+        Chart.Line([ 0; last ], [ y; y ], Name = name, LineDash = dash)
+    [ for model, rs in rows |> List.groupBy (fun r -> r.Attack) do
+          let single = rs |> List.filter (fun r -> r.Layers.Length = 1) |> List.sortBy (fun r -> r.Layers.[0])
+          yield Chart.Line(single |> List.map (fun r -> r.Layers.[0]), single |> List.map (fun r -> r.Auroc), Name = $"{model}: this layer alone", ShowMarkers = true)
+          match rs |> List.tryFind (fun r -> r.Layers.Length > 1) with
+          | Some r -> yield level $"""{model}: the calibrated layers {String.Join(",", r.Layers)}""" r.Auroc StyleParam.DrawingStyle.Dash
+          | None -> ()
+      yield Chart.Line([ 0; last ], [ 0.5; 0.5 ], Name = "chance", LineDash = StyleParam.DrawingStyle.Dot, LineColor = Color.fromString "grey")
       for l in detectionLayers ->
           Chart.Line([ l; l ], [ 0.0; 1.0 ], Name = "detection layer", ShowLegend = false, LineDash = StyleParam.DrawingStyle.Dot, LineColor = Color.fromString "grey") ]
     |> Chart.combine
     |> Chart.withTitle "Detection AUROC by layer (clean test inputs vs their triggered versions)"
     |> Chart.withXAxisStyle (TitleText = "layer")
     |> Chart.withYAxisStyle (TitleText = "AUROC", MinMax = (0.0, 1.0))
-    |> Chart.withSize (900, 440)
+    |> Chart.withSize (1000, 480)
 
 /// `evaluate`'s pictures of one model: the first `inputs` clean and triggered test inputs observed at
 /// every layer (charts 1–3; chart 2's μ and σ from the observed clean inputs, as no calibration sample
