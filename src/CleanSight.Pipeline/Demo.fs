@@ -231,7 +231,7 @@ let private writeReport (s: Settings) (results: AttackResult list) =
           yield Report.Figure(Ablations.sampleCountChart sampleCount)
           if not byLayer.IsEmpty then
               yield Report.Heading "7. Which layer sees the trigger"
-              yield Report.Text $"Detection AUROC had CleanSight looked at one layer alone, and at each model's calibrated layers: per task, the reference fitted on the clean calibration samples, the first {s.AttentionInputs} clean test inputs against their triggered versions; {Calibration.featureName reference.Feature} feature, {Calibration.whiteningName reference.Whitening} whitening. A diagnostic: it uses the triggers, which a defender does not have; the detection layers are not chosen by it."
+              yield Report.Text $"Detection AUROC had CleanSight looked at one layer alone, and at each model's calibrated layers: per task, the reference fitted on the clean calibration samples, the first {s.AttentionInputs} clean test inputs against their triggered versions; {Calibration.featureName reference.Feature} feature, {Calibration.whiteningName reference.Whitening} whitening, no prompt-length conditioning. A diagnostic: it uses the triggers, which a defender does not have; the detection layers are not chosen by it."
               yield Report.Figure(Findings.aurocChart byLayer reference.Layers) ]
 
 let run (s: Settings) (p: Progress.Reporter) =

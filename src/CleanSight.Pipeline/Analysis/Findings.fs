@@ -262,5 +262,5 @@ let writeEvaluation (session: LlavaSession) (calibration: Calibration.Calibratio
           yield! sections $"clean test inputs (the first {cleanObserved.Length} observed at every layer)" [ evaluated ]
           if not byLayer.IsEmpty then
               yield Report.Heading "6. Which layer sees the trigger"
-              yield Report.Text $"Detection AUROC had CleanSight looked at one layer alone, and at the calibrated layers: of each task with at least 4 observed clean test inputs, a reference fitted on half of them, the other half against the task's observed triggered inputs; the calibration's feature and whitening. A diagnostic: it uses triggered inputs, which a defender does not have — choosing --layers by it tunes the defense to this trigger."
+              yield Report.Text $"Detection AUROC had CleanSight looked at one layer alone, and at the calibrated layers: of each task with at least 4 observed clean test inputs, a reference fitted on half of them, the other half against the task's observed triggered inputs; the calibration's feature and whitening, no prompt-length conditioning. A diagnostic: it uses triggered inputs, which a defender does not have — choosing --layers by it tunes the defense to this trigger."
               yield Report.Figure(aurocChart byLayer calibration.Settings.Layers) ]
