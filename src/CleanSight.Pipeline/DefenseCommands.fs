@@ -152,6 +152,7 @@ let evaluate (args: ParseResults<EvaluateArgs>) =
             if m.ByTask.Length > 0 then
                 let tasks = [ for task, t in m.ByTask -> $"{task}: TPR {(pct t.Tpr).Trim()} %%, FPR {(pct t.Fpr).Trim()} %%{within t.FprCi95} ({t.CleanSamples} clean{expected task})" ]
                 printfn "%s detection: TPR %s %%, FPR %s %%%s; %s" name ((pct m.Tpr).Trim()) ((pct m.Fpr).Trim()) (within m.FprCi95) (String.concat "; " tasks)
+        printfn "%s: attention stealing by layer, detection, ASR and utility per defense, which layer sees the trigger" (Path.Combine(out, "report.html"))
         0)
 
 let defend (args: ParseResults<DefendArgs>) =

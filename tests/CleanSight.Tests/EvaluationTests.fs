@@ -232,8 +232,9 @@ let tests =
             }
             test "re-running the same command adds no records and gives the same metrics (time aside)" {
                 let out, _, _, samples, metrics = firstRun.Value
-                let code, _, err = evaluate out
+                let code, stdout, err = evaluate out
                 Expect.equal code 0 $"exit 0 (stderr: {err})"
+                Expect.stringContains stdout (Path.Combine(out, "report.html")) "the summary names the report (drawn again)"
                 Expect.equal (File.ReadAllBytes(Path.Combine(out, "samples.csv"))) samples "samples.csv unchanged"
                 let first = Path.Combine(Fixtures.tempDir (), "metrics.json")
                 File.WriteAllText(first, metrics)
