@@ -104,7 +104,7 @@ let checkThresholdRule (s: Settings) =
 type AttackResult =
     { Attack: Materialize.AttackEntry
       Findings: Findings.Evaluated
-      /// chart 7: detection AUROC by layer (`Findings.aurocByLayerAgainst`, the calibration samples as reference)
+      /// chart 6: detection AUROC by layer (`Findings.aurocByLayerAgainst`, the calibration samples as reference)
       ByLayer: LayerSelection.SweepRow list
       Tau: Ablations.TauRow list
       SampleCount: Ablations.SampleCountRow list }
@@ -183,7 +183,7 @@ let private runAttack (s: Settings) (p: Progress.Reporter) (manifest: Materializ
     let attention, deviation =
         Findings.observedFigures attack.name calibration session.Config.Text.NumAttentionHeads (measured |> Array.map snd)
             cleanObserved triggeredObserved
-    // chart 7: each layer's AUROC, the clean calibration samples (recorded at every layer) as each task's reference
+    // chart 6: each layer's AUROC, the clean calibration samples (recorded at every layer) as each task's reference
     let tasksOf (items: Dataset.Item[]) = items |> Array.map (fun it -> Dataset.taskName it.Task)
     let withTasks items (sums: (float * float)[][][]) = Array.zip (tasksOf items) sums
     let byLayer =
@@ -225,14 +225,14 @@ let private writeReport (s: Settings) (results: AttackResult list) =
           let conditioned = if reference.Conditioning = Calibration.OnPromptLength then ", conditioned on the prompt's length" else ""
           yield Report.Text $"CleanSight's detection layers per backdoored model (and how they were chosen): {listed}. Purification, prune-all and uniform attention run from the last of them. Feature: {Calibration.featureName reference.Feature}; whitening: {Calibration.whiteningName reference.Whitening}{conditioned}."
           yield! Findings.sections "the clean calibration samples" findings
-          yield Report.Heading "6. Ablations"
+          if not byLayer.IsEmpty then
+              yield Report.Heading "6. Which layer sees the trigger"
+              yield Report.Text $"Detection AUROC had CleanSight looked at one layer alone, and at each model's calibrated layers: per task, the reference fitted on the clean calibration samples, the first {s.AttentionInputs} clean test inputs against their triggered versions; {Calibration.featureName reference.Feature} feature, {Calibration.whiteningName reference.Whitening} whitening, no prompt-length conditioning. A diagnostic: it uses the triggers, which a defender does not have; the detection layers are not chosen by it."
+              yield Report.Figure(Findings.aurocChart byLayer reference.Layers)
+          yield Report.Heading "7. Ablations"
           yield Report.Text $"τ: purification forced on every input, on the first {min s.AblationInputs s.Test} clean and triggered test inputs; each line runs through τ·T = {taus} and no purification (lower τ prunes more). Clean samples: {s.SampleRepeats} seeded draws of n calibration samples each; threshold at the {reference.Quantile} quantile of their {Calibration.thresholdFromName reference.ThresholdFrom} distances ({Calibration.thresholdRuleName reference.ThresholdRule} rule), as calibrate sets it; FPR on the calibration samples not drawn."
           yield Report.Figure(Ablations.tauChart tau)
-          yield Report.Figure(Ablations.sampleCountChart sampleCount)
-          if not byLayer.IsEmpty then
-              yield Report.Heading "7. Which layer sees the trigger"
-              yield Report.Text $"Detection AUROC had CleanSight looked at one layer alone, and at each model's calibrated layers: per task, the reference fitted on the clean calibration samples, the first {s.AttentionInputs} clean test inputs against their triggered versions; {Calibration.featureName reference.Feature} feature, {Calibration.whiteningName reference.Whitening} whitening, no prompt-length conditioning. A diagnostic: it uses the triggers, which a defender does not have; the detection layers are not chosen by it."
-              yield Report.Figure(Findings.aurocChart byLayer reference.Layers) ]
+          yield Report.Figure(Ablations.sampleCountChart sampleCount) ]
 
 let run (s: Settings) (p: Progress.Reporter) =
     let total = Stopwatch.StartNew()

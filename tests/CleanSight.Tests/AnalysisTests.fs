@@ -162,7 +162,7 @@ let tests =
                 Expect.equal (Detection.rocFrame [ { d with Triggered = [||] } ]).RowCount 0 "no rows"
             }
         ]
-        testList "detection AUROC by layer (evaluate's chart 6)" [
+        testList "detection AUROC by layer (chart 6)" [
             // 3 layers × 2 heads of (visual, prompt) sums; the trigger doubles the visual sum at layer 1 only.
             // Clean captions sit where triggered questions do (ratio 2), so only per-task references separate them.
             let rng = Random(4)
@@ -192,7 +192,7 @@ let tests =
                 Expect.equal (Findings.aurocByLayer "m" { settings with Layers = [| 1 |] } cleanAll triggeredAll).Length 3 "a single calibrated layer: no extra row"
             }
         ]
-        testList "ablations (chart 6)" [
+        testList "ablations (chart 7)" [
             test "sample count: sizes below the sample count only, held-out = rest, FPR in [0, 1], seeded" {
                 let clean = gaussian 3 120 (fun _ -> 1.0) (fun _ -> 0.2) 6
                 let settings = { Calibration.defaultSettings 3 with Quantile = 0.9; ThresholdFrom = Calibration.InSample }

@@ -103,8 +103,9 @@ let tests =
             Expect.equal (Directory.GetDirectories(Path.Combine(out, "eval")) |> Array.map Path.GetFileName) [| "badnet" |] "only badnet evaluated"
             let page = File.ReadAllText(Path.Combine(out, "report.html"))
             Expect.stringContains page $"the tiny world at {mine}" "the report names the world"
-            // chart 7: each of the 8 layers' AUROC and the default layers' (2 clean + 2 triggered test inputs)
-            Expect.stringContains page "7. Which layer sees the trigger" "chart 7"
+            // chart 6: each of the 8 layers' AUROC and the default layers' (2 clean + 2 triggered test inputs)
+            Expect.stringContains page "6. Which layer sees the trigger" "chart 6"
+            Expect.stringContains page "7. Ablations" "then chart 7"
             let byLayer = File.ReadAllLines(Path.Combine(out, "frames", "auroc-by-layer.csv")) |> Array.skip 1
             Expect.equal byLayer.Length 9 "one row per layer, then the default layers"
             Expect.equal (byLayer.[.. 7] |> Array.map (fun l -> let r = l.Split ',' in r.[1], r.[3])) [| for l in 0 .. 7 -> "badnet", string l |] "layers 0–7"
