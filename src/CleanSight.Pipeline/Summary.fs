@@ -146,3 +146,67 @@ let write (path: string) (metrics: (string * DefenseMetrics)[]) =
     CleanSight.Pipeline.Files.writeAtomic path (fun s ->
         use w = new Utf8JsonWriter(s, JsonWriterOptions(Indented = true))
         root.WriteTo w)
+
+/// metrics.json read back: `toJson`'s inverse (a null or absent number is None, an absent count 0).
+/// A file that is not `{"defenses": {NAME: {…}}}` with numbers where numbers go is refused in one
+/// line naming it.
+let read (path: string) : (string * DefenseMetrics)[] =
+    let fail problem = raise (CleanSight.Core.InputError(path, problem))
+    let root =
+        try JsonNode.Parse(System.IO.File.ReadAllText path)
+        with
+        | :? JsonException as e -> fail $"is not JSON ({e.Message.Split('.').[0]})"
+        | :? System.IO.FileNotFoundException | :? System.IO.DirectoryNotFoundException -> fail "not found"
+    let objectAt (node: JsonNode) (what: string) =
+        match node with
+        | :? JsonObject as o -> o
+        | _ -> fail $"{what} is not a JSON object"
+    let defenses =
+        match root with
+        | :? JsonObject as o when o.ContainsKey "defenses" -> objectAt o.["defenses"] "\"defenses\""
+        | _ -> fail "has no \"defenses\" object (is it an evaluate folder's metrics.json?)"
+    let number (o: JsonObject) (where: string) (field: string) : float option =
+        match o.[field] with
+        | null -> None
+        | :? JsonValue as v ->
+            match v.TryGetValue<float>() with
+            | true, x -> Some x
+            | _ -> fail $"{where}.{field} is not a number"
+        | _ -> fail $"{where}.{field} is not a number"
+    let count (o: JsonObject) (where: string) (field: string) =
+        match number o where field with
+        | Some x when x >= 0.0 && x = System.Math.Floor x -> int x
+        | Some x -> fail $"{where}.{field} is not a count: {x}"
+        | None -> 0
+    let interval (o: JsonObject) (where: string) (field: string) : (float * float) option =
+        match o.[field] with
+        | null -> None
+        | :? JsonArray as a when a.Count = 2 ->
+            let bound (i: int) = match a.[i] with :? JsonValue as v -> (match v.TryGetValue<float>() with | true, x -> Some x | _ -> None) | _ -> None
+            match bound 0, bound 1 with
+            | Some lo, Some hi -> Some(lo, hi)
+            | _ -> fail $"{where}.{field} is not [low, high]"
+        | _ -> fail $"{where}.{field} is not [low, high]"
+    [| for KeyValue(name, node) in defenses ->
+        let where = $"defenses.{name}"
+        let o = objectAt node where
+        let utility prefix =
+            { Vqa = number o where $"{prefix}_vqa_accuracy"; VScore = number o where $"{prefix}_vscore"
+              Cider = number o where $"{prefix}_cider_d"; Utility = number o where $"{prefix}_utility" }
+        let byTask =
+            match o.["by_task"] with
+            | null -> [||]
+            | node ->
+                [| for KeyValue(task, t) in objectAt node $"{where}.by_task" ->
+                    let at = $"{where}.by_task.{task}"
+                    let t = objectAt t at
+                    task, { Tpr = number t at "tpr"; Fpr = number t at "fpr"; TprCi95 = interval t at "tpr_ci95"; FprCi95 = interval t at "fpr_ci95"
+                            CleanSamples = count t at "clean_samples"; PoisonedSamples = count t at "poisoned_samples" } |]
+        name,
+        { Asr = number o where "asr"; CleanAsr = number o where "clean_asr"; Clean = utility "clean"; Poisoned = utility "poisoned"
+          Auroc = number o where "auroc"; Tpr = number o where "tpr"; Fpr = number o where "fpr"
+          AsrCi95 = interval o where "asr_ci95"; CleanAsrCi95 = interval o where "clean_asr_ci95"
+          TprCi95 = interval o where "tpr_ci95"; FprCi95 = interval o where "fpr_ci95"
+          PrunedFraction = number o where "pruned_fraction"; MsPerSample = number o where "ms_per_sample"
+          CleanSamples = count o where "clean_samples"; PoisonedSamples = count o where "poisoned_samples"
+          ByTask = byTask } |]
