@@ -84,31 +84,8 @@ let observedFigures (name: string) (calibration: Calibration.Calibration) (heads
             (HeadDeviation.featuresOf feature reference) (HeadDeviation.featuresOf feature triggeredSums)
     attention, deviation
 
-let private pct (x: float option) = match x with Some v -> $"{100.0 * v:F1}" | None -> "–"
-
-/// The paper's Table 1 shape: one row per (model, defense).
-let tableRows (results: Evaluated list) =
-    [ for r in results do
-          for name, m in r.Metrics ->
-              [ r.Name; name; pct m.Asr; pct m.CleanAsr; pct m.Clean.Utility; pct m.Poisoned.Utility
-                (match m.Auroc with Some a -> $"{a:F3}" | None -> "–"); pct m.Tpr; pct m.Fpr; pct m.PrunedFraction
-                (match m.MsPerSample with Some v -> $"{v:F1}" | None -> "–")
-                (match m.FprCi95 with Some ci -> Metrics.RateInterval.percentText ci | None -> "–") ] ]
-
-let tableHeader =
-    [ "attack"; "defense"; "ASR %"; "clean ASR %"; "clean utility %"; "triggered utility %"; "AUROC"; "TPR %"; "FPR %"; "pruned %"; "ms/sample"
-      "FPR 95 % interval" ]
-
-/// One group of columns per model, one column per defense.
-let private perDefenseChart (title: string) (axis: string) (value: Summary.DefenseMetrics -> float option) (results: Evaluated list) =
-    let defenses = results.Head.Metrics |> Array.map fst
-    [ for d in defenses ->
-          Chart.Column(values = (results |> List.map (fun r ->
-                                     r.Metrics |> Array.tryFind (fst >> (=) d) |> Option.bind (snd >> value) |> Option.map ((*) 100.0) |> Option.defaultValue nan)),
-                       Keys = (results |> List.map (fun r -> r.Name)), Name = d) ]
-    |> Chart.combine
-    |> Chart.withTitle title
-    |> Chart.withYAxisStyle (TitleText = axis)
+/// The models of an evaluation, for the table and chart 5.
+let models (results: Evaluated list) : DefenseTable.Model list = results |> List.map (fun r -> { Name = r.Name; Metrics = r.Metrics })
 
 /// Writes the frames of charts 1–5 under `dir` (each atomically).
 let saveFrames (dir: string) (results: Evaluated list) =
@@ -122,7 +99,7 @@ let saveFrames (dir: string) (results: Evaluated list) =
     SampleView.answersFrame views |> save "sample-answers.csv"
     Detection.distancesFrame distances |> save "distances.csv"
     Detection.rocFrame distances |> save "roc.csv"
-    tableRows results |> List.mapi (fun i row -> i, Series(tableHeader, row |> List.map box)) |> Frame.ofRows |> save "table.csv"
+    DefenseTable.frame (models results) |> save "table.csv"
 
 /// The report's charts 1–5. `reference` names chart 2's clean inputs ("clean calibration samples").
 /// Charts 1–3 are left out when nothing was observed at every layer, 3–4 when CleanSight was not evaluated.
@@ -131,7 +108,6 @@ let sections (reference: string) (results: Evaluated list) : Report.Section list
     let deviation = results |> List.collect (fun r -> r.Deviation)
     let views = results |> List.collect (fun r -> r.Views)
     let distances = results |> List.map (fun r -> r.Distances) |> List.filter (fun d -> d.Clean.Length + d.Triggered.Length > 0)
-    let counts = results.Head.Metrics |> Array.tryHead |> Option.map snd
     [ if not attention.IsEmpty then
           yield Report.Heading "1. Attention stealing by layer"
           yield Report.Figure(AttentionStealing.chart attention results.Head.Calibration.Settings.Layers)
@@ -150,13 +126,7 @@ let sections (reference: string) (results: Evaluated list) : Report.Section list
           yield! distances |> List.map (Detection.histogram >> Report.Figure)
           yield Report.Figure(Detection.rocChart distances)
       yield Report.Heading "5. Attack success and utility per defense"
-      yield Report.Figure(perDefenseChart "Attack success rate (%) per defense" "ASR %" (fun m -> m.Asr) results)
-      yield Report.Figure(perDefenseChart "Clean utility (%, official VQA accuracy) per defense" "utility %" (fun m -> m.Clean.Utility) results)
-      match counts with
-      | Some m when m.CleanSamples > 0 ->
-          yield Report.Text $"The table's rates are on {m.CleanSamples} clean and {m.PoisonedSamples} triggered test inputs: one clean input is {100.0 / float m.CleanSamples:G3} points. The FPR's 95 %% interval (Wilson) says how far the rate behind it may lie; metrics.json gives one for every rate."
-      | _ -> ()
-      yield Report.Table(tableHeader, tableRows results) ]
+      yield! DefenseTable.sections (models results) ]
 
 /// The calibration in one sentence: layers (and how chosen), feature, whitening, conditioning, rule.
 let describeCalibration (c: Calibration.Calibration) =
