@@ -242,6 +242,17 @@ type DefendArgs =
             | Max_New_Tokens _ -> "greedy token budget (default 32)"
             | No_Progress -> "no progress output"
 
+type TableArgs =
+    | [<MainCommand; Mandatory>] Folders of dir: string list
+    | Names of csv: string
+    | Out of dir: string
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Folders _ -> "evaluate folders (each with its metrics.json; a demo's are DIR/eval/NAME), one row each, in this order"
+            | Names _ -> "the rows' names, comma-separated, one per folder (default: each folder's name)"
+            | Out _ -> "also write table.md, table.csv and report.html (chart 5 of all the folders) here"
+
 type DemoArgs =
     | [<Mandatory>] Out of dir: string
     | Test of n: int
@@ -302,6 +313,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Calibrate of ParseResults<CalibrateArgs>
     | [<CliPrefix(CliPrefix.None)>] Evaluate of ParseResults<EvaluateArgs>
     | [<CliPrefix(CliPrefix.None)>] Defend of ParseResults<DefendArgs>
+    | [<CliPrefix(CliPrefix.None)>] Table of ParseResults<TableArgs>
     | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<Hidden; CliPrefix(CliPrefix.None); CustomCommandLine("bench-load-probe")>] Bench_Load_Probe of ParseResults<BenchLoadProbeArgs>
@@ -315,6 +327,7 @@ type Command =
             | Calibrate _ -> "fit CleanSight's clean reference and threshold on clean samples"
             | Evaluate _ -> "measure attacks × defenses: ASR, utility, detection, cost"
             | Defend _ -> "answer your own inputs under CleanSight: flag, purify, answer (defended.csv)"
+            | Table _ -> "the attacks × defenses table (the paper's Table 1) of several evaluate folders, as Markdown"
             | Demo _ -> "the whole story on the embedded tiny world, as report.html"
             | Bench _ -> "measure the defense's cost, prefill speed against PyTorch, load memory: ratios as JSON"
             | Bench_Load_Probe _ -> "(bench's child process) load a checkpoint, print peak RSS as JSON"

@@ -197,3 +197,41 @@ let defend (args: ParseResults<DefendArgs>) =
         Analysis.DefendReport.write out $"CleanSight on {data}" intro records views
         printfn "%s: the distances, the most suspicious inputs and every flagged one" (Path.Combine(out, "report.html"))
         0)
+
+/// `table`: the attacks × defenses table of several evaluate folders, in the paper's shape, on stdout
+/// (Markdown); with --out also table.md, table.csv and report.html. Every folder is read before
+/// anything is written.
+let table (args: ParseResults<TableArgs>) =
+    let folders = args.GetResult TableArgs.Folders
+    let names =
+        match args.TryGetResult TableArgs.Names with
+        | None -> folders |> List.map (fun f -> Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath f)))
+        | Some csv ->
+            let names = csv.Split(',') |> Array.map _.Trim() |> List.ofArray
+            if names.Length <> folders.Length then raise (InputError("--names", $"{names.Length} names for {folders.Length} folders"))
+            if names |> List.exists String.IsNullOrEmpty then raise (InputError("--names", "a name is empty"))
+            names
+    match names |> List.countBy id |> List.tryFind (fun (_, n) -> n > 1) with
+    | Some(name, _) -> raise (InputError("--names", $"two folders are named '{name}'; name the rows apart with --names"))
+    | None -> ()
+    let models =
+        List.map2 (fun (folder: string) name ->
+            let path = Path.Combine(folder, "metrics.json")
+            if not (Directory.Exists folder) then raise (InputError(folder, "no such folder"))
+            if not (File.Exists path) then raise (InputError(folder, "has no metrics.json (evaluate writes it when it finishes)"))
+            let metrics = Summary.read path
+            if metrics.Length = 0 then raise (InputError(path, "names no defense"))
+            ({ Name = name; Metrics = metrics }: Analysis.DefenseTable.Model)) folders names
+    let markdown = Analysis.DefenseTable.markdown models
+    match args.TryGetResult TableArgs.Out with
+    | Some out ->
+        let head, body = Analysis.DefenseTable.paperRows models
+        Analysis.Report.write (Path.Combine(out, "report.html")) "CleanSight: attacks × defenses"
+            [ yield Analysis.Report.Text $"""ASR %% / clean utility %% per model and defense (the paper's Table 1), from {String.Join(", ", List.map2 (fun n f -> $"{n}: {f}") names folders)}."""
+              yield Analysis.Report.Table(head, body)
+              yield! Analysis.DefenseTable.sections models ]
+        Files.saveCsv (Path.Combine(out, "table.csv")) (Analysis.DefenseTable.frame models)
+        Files.writeText (Path.Combine(out, "table.md")) (fun w -> w.Write markdown)
+    | None -> ()
+    printf "%s" markdown
+    0

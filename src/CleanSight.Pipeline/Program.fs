@@ -20,6 +20,7 @@ let main argv =
         | Command.Calibrate args -> DefenseCommands.calibrate args
         | Command.Evaluate args -> DefenseCommands.evaluate args
         | Command.Defend args -> DefenseCommands.defend args
+        | Command.Table args -> DefenseCommands.table args
         | Command.Demo args ->
             let out = args.GetResult DemoArgs.Out
             let d = Demo.defaults out
